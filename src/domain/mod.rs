@@ -1,0 +1,12 @@
+//! Pure types and decisions: no IO, no async, no database.
+//!
+//! Everything here compiles for the browser (wasm) as well as the server, so the admin UI
+//! validates input with exactly the same rules the server enforces.
+
+pub mod algorithm;
+pub mod retention;
+pub mod schedule;
+
+pub use algorithm::{Algorithm, AlgorithmList, RsaBits};
+pub use retention::Retention;
+pub use schedule::CronSchedule;

@@ -1,0 +1,18 @@
+//! Signet: a self-hosted service for JWT signing keys.
+//!
+//! - [`domain`]: pure types and decisions, shared by server and browser.
+//! - [`app`]: the Leptos admin UI (server-rendered, hydrated in the browser).
+//! - `server` (feature `ssr`): configuration, storage, HTTP and the command line.
+
+pub mod app;
+pub mod domain;
+#[cfg(feature = "ssr")]
+pub mod server;
+
+/// Browser entry point: attaches the server-rendered page to the wasm app.
+#[cfg(feature = "hydrate")]
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub fn hydrate() {
+    console_error_panic_hook::set_once();
+    leptos::mount::hydrate_body(app::App);
+}

@@ -1,0 +1,75 @@
+//! `GET /health/live` and `GET /health/ready`.
+//!
+//! Liveness says the process answers HTTP at all. Readiness says this instance can do its
+//! job: today that means its database answers; later checks (keys loaded, JWKS built)
+//! join the same list. A load balancer takes an instance out of rotation on 503.
+
+use crate::server::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use std::time::Duration;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+}
+
+#[derive(Serialize)]
+struct Check {
+    name: &'static str,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    status: &'static str,
+    checks: Vec<Check>,
+}
+
+async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    // A database that hangs must not hang the probe: answer within a bounded time.
+    let database = match tokio::time::timeout(Duration::from_secs(2), state.storage.ping()).await
+    {
+        Ok(Ok(())) => Check {
+            name: "database",
+            ok: true,
+            error: None,
+        },
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: database check failed");
+            Check {
+                name: "database",
+                ok: false,
+                error: Some(e.to_string()),
+            }
+        }
+        Err(_) => Check {
+            name: "database",
+            ok: false,
+            error: Some("no answer within 2 s".into()),
+        },
+    };
+    let checks = vec![database];
+    let ok = checks.iter().all(|c| c.ok);
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let report = Report {
+        status: if ok { "ready" } else { "unavailable" },
+        checks,
+    };
+    (status, Json(report)).into_response()
+}

@@ -1,0 +1,15 @@
+//! Everything that only runs on the server: configuration, startup, storage, HTTP routes
+//! and the command line. Compiled only with the `ssr` feature.
+
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod kek;
+pub mod startup;
+pub mod state;
+pub mod storage;
+pub mod telemetry;
+
+pub use config::Config;
+pub use startup::{Application, ServeOptions};
+pub use state::AppState;

@@ -1,0 +1,248 @@
+//! Building and running the server: `Application::build(config)` does every check and
+//! binds the listener (port 0 in tests), `run_until_stopped` serves until shutdown.
+
+use crate::app::{App, shell};
+use crate::server::config::{Backend, Config, KekSource};
+use crate::server::kek::{self, KekError, Keyring};
+use crate::server::state::AppState;
+use crate::server::storage::{self, PendingMigration, Storage, StorageError};
+use crate::server::health;
+use axum::Router;
+use leptos::prelude::LeptosOptions;
+use leptos_axum::{LeptosRoutes as _, generate_route_list};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Choices made on the command line rather than in the configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    /// Apply pending migrations on PostgreSQL instead of refusing to start.
+    pub migrate: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot create the data directory {}: {}", .0.display(), .1)]
+    DataDir(PathBuf, std::io::Error),
+    #[error("key-encryption key: {0}")]
+    Kek(#[from] KekError),
+    #[error("cannot open the database {url}: {source}")]
+    Connect { url: String, source: StorageError },
+    #[error(
+        "the PostgreSQL database has {} pending migration(s) ({}); run `signet migrate` first, \
+         or start with `signet serve --migrate`",
+        .0.len(),
+        describe_pending(.0)
+    )]
+    PendingMigrations(Vec<PendingMigration>),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+fn describe_pending(pending: &[PendingMigration]) -> String {
+    pending
+        .iter()
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    addr: SocketAddr,
+    state: AppState,
+}
+
+impl Application {
+    /// Prepares everything `serve` needs, in order: data directory, KEK, database and its
+    /// schema, listener. Any failure stops here, before a single request is accepted.
+    pub async fn build(config: Config, options: ServeOptions) -> Result<Self, StartupError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StartupError::DataDir(config.data_dir.clone(), e))?;
+        let keyring = load_keyring(&config)?;
+
+        let storage = storage::connect(&config.database_url)
+            .await
+            .map_err(|source| StartupError::Connect {
+                url: config.database_url.redacted(),
+                source,
+            })?;
+        prepare_schema(storage.as_ref(), options).await?;
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartupError::Bind(config.listen, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartupError::Bind(config.listen, e))?;
+
+        let state = AppState {
+            config: Arc::new(config),
+            storage,
+            keyring: Arc::new(keyring),
+            leptos_options: leptos_options(addr),
+        };
+        let router = router(state.clone());
+        Ok(Self {
+            listener,
+            router,
+            addr,
+            state,
+        })
+    }
+
+    /// The address actually bound (differs from the configured one when that had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL at which this instance answers.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, lets requests in flight finish, then closes the
+    /// database pool.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let storage = self.state.storage.clone();
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await?;
+        storage.close().await;
+        Ok(())
+    }
+}
+
+fn load_keyring(config: &Config) -> Result<Keyring, KekError> {
+    match &config.kek {
+        KekSource::Configured(ring) => Ok(ring.clone()),
+        KekSource::DataDir(path) => {
+            let (ring, created) = kek::load_or_create_key_file(path)?;
+            if created {
+                tracing::warn!(
+                    path = %path.display(),
+                    "no key-encryption key configured: created one in the data directory. \
+                     Back it up apart from the database, or set SIGNET_ENC_KEYS and \
+                     SIGNET_ENC_KEY_ACTIVE; without it the stored private keys cannot be opened"
+                );
+            }
+            Ok(ring)
+        }
+    }
+}
+
+/// SQLite is migrated by `serve` itself: it is embedded and has a single owner. PostgreSQL
+/// is shared by several instances, so schema changes are an operator's explicit step.
+async fn prepare_schema(storage: &dyn Storage, options: ServeOptions) -> Result<(), StartupError> {
+    let pending = storage.pending_migrations().await?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    if storage.backend() == Backend::Postgres && !options.migrate {
+        return Err(StartupError::PendingMigrations(pending));
+    }
+    let applied = storage.migrate().await?;
+    tracing::info!(applied, backend = %storage.backend(), "database migrated");
+    Ok(())
+}
+
+/// Where the compiled site (wasm, JS, CSS, public assets) lives.
+///
+/// `LEPTOS_SITE_ROOT` wins when set (cargo-leptos sets it). Otherwise the site is looked
+/// for next to the executable, as cargo-leptos lays it out (`<target>/site` beside
+/// `<target>/debug/signet`) and as an install would (`site/` beside the binary), so the
+/// binary serves its UI whatever directory it is started from.
+pub fn site_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("LEPTOS_SITE_ROOT") {
+        return PathBuf::from(root);
+    }
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf));
+    let mut candidates = Vec::new();
+    if let Some(dir) = exe_dir {
+        candidates.push(dir.join("site"));
+        if let Some(parent) = dir.parent() {
+            candidates.push(parent.join("site"));
+        }
+    }
+    candidates.push(PathBuf::from("target/site"));
+    candidates
+        .iter()
+        .find(|c| c.join("pkg").is_dir())
+        .cloned()
+        .unwrap_or_else(|| {
+            tracing::warn!(
+                "the site (wasm, CSS) was not found next to the binary; \
+                 build it with `cargo leptos build` or set LEPTOS_SITE_ROOT"
+            );
+            PathBuf::from("target/site")
+        })
+}
+
+fn leptos_options(addr: SocketAddr) -> LeptosOptions {
+    LeptosOptions::builder()
+        .output_name("signet")
+        .site_root(site_root().to_string_lossy().to_string())
+        .site_pkg_dir("pkg")
+        .site_addr(addr)
+        .build()
+}
+
+fn router(state: AppState) -> Router {
+    let routes = generate_route_list(App);
+    Router::new()
+        .merge(health::router())
+        .leptos_routes(&state, routes, {
+            let options = state.leptos_options.clone();
+            move || shell(options.clone())
+        })
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .with_state(state)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,22 @@
+//! The state every request handler and server function can reach.
+
+use crate::server::config::Config;
+use crate::server::kek::Keyring;
+use crate::server::storage::Storage;
+use axum::extract::FromRef;
+use leptos::prelude::LeptosOptions;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub storage: Arc<dyn Storage>,
+    pub keyring: Arc<Keyring>,
+    pub leptos_options: LeptosOptions,
+}
+
+impl FromRef<AppState> for LeptosOptions {
+    fn from_ref(state: &AppState) -> Self {
+        state.leptos_options.clone()
+    }
+}

@@ -1,0 +1,137 @@
+//! SQLite storage: the zero-configuration default, one file under the data directory.
+
+use super::{
+    AppliedMigration, InstanceInfo, PendingMigration, Storage, StorageError, compare_migrations,
+};
+use crate::server::config::{Backend, DatabaseUrl};
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row as _;
+use std::path::PathBuf;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+pub struct SqliteStorage {
+    pool: SqlitePool,
+    file: PathBuf,
+    /// Device and inode of the file when it was opened. Open connections keep working on
+    /// a deleted or replaced file, so readiness compares these to notice that the
+    /// database the service writes to is no longer the one at the configured path.
+    identity: Option<(u64, u64)>,
+}
+
+impl SqliteStorage {
+    pub async fn connect(url: &DatabaseUrl) -> Result<Self, StorageError> {
+        let file = url
+            .sqlite_file()
+            .ok_or_else(|| StorageError::Unavailable("not a SQLite file URL".into()))?;
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StorageError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str(url.as_str())?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            // Several processes may share the file (CLI next to a server): wait for locks
+            // rather than failing at once.
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        let identity = file_identity(&file);
+        Ok(Self {
+            pool,
+            file,
+            identity,
+        })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+#[cfg(unix)]
+fn file_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_identity(_path: &std::path::Path) -> Option<(u64, u64)> {
+    None
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        if self.identity.is_some() && file_identity(&self.file) != self.identity {
+            return Err(StorageError::Unavailable(format!(
+                "database file {} was removed or replaced",
+                self.file.display()
+            )));
+        }
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn pending_migrations(&self) -> Result<Vec<PendingMigration>, StorageError> {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let applied = if exists {
+            sqlx::query("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| AppliedMigration {
+                    version: r.get("version"),
+                    checksum: r.get("checksum"),
+                    success: r.get("success"),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        compare_migrations(&MIGRATOR, &applied)
+    }
+
+    async fn migrate(&self) -> Result<usize, StorageError> {
+        let pending = self.pending_migrations().await?.len();
+        MIGRATOR.run(&self.pool).await?;
+        Ok(pending)
+    }
+
+    async fn instance_info(&self) -> Result<InstanceInfo, StorageError> {
+        let row = sqlx::query(
+            "SELECT installation_id, created_at, \
+             (SELECT MAX(version) FROM _sqlx_migrations WHERE success) AS schema_version \
+             FROM instance WHERE id = 1",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(InstanceInfo {
+            installation_id: row.get("installation_id"),
+            created_at: row.get("created_at"),
+            schema_version: row.get("schema_version"),
+        })
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
