@@ -212,7 +212,7 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub log: String,
     pub log_format: LogFormat,
-    /// The raw value and source of every setting, for `config check`.
+    /// The text (secrets already redacted) and source of every setting, for `config check`.
     raw: BTreeMap<&'static str, (String, Source)>,
 }
 
@@ -338,6 +338,15 @@ impl Config {
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
+        // Only redacted text is kept, so neither `describe` nor `Debug` can show a secret.
+        for name in SECRET_SETTINGS {
+            if let Some((value, _)) = raw.get_mut(name).filter(|(v, _)| !v.is_empty()) {
+                *value = "REDACTED".to_string();
+            }
+        }
+        if let (Some((value, _)), Some(url)) = (raw.get_mut("database_url"), &database_url) {
+            *value = url.redacted();
+        }
         // Every `None` above pushed an error, so all are present here.
         match (
             listen,
@@ -397,14 +406,7 @@ impl Config {
             let Some((value, source)) = self.raw.get(name) else {
                 continue;
             };
-            let shown = if SECRET_SETTINGS.contains(name) && !value.is_empty() {
-                "REDACTED".to_string()
-            } else if *name == "database_url" {
-                self.database_url.redacted()
-            } else {
-                value.clone()
-            };
-            out.push_str(&format!("{name} = {shown:?}  # {source}\n"));
+            out.push_str(&format!("{name} = {value:?}  # {source}\n"));
         }
         let kek = match &self.kek {
             KekSource::Configured(ring) => {

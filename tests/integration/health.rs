@@ -1,0 +1,100 @@
+//! Liveness, readiness, and the pages the server renders.
+
+use crate::helpers::{BACKENDS, Backend, spawn_app};
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn live_and_ready_answer_on_both_backends() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let live = app.get("/health/live").await;
+        assert_eq!(live.status(), StatusCode::OK, "{backend:?}");
+
+        let ready = app.get("/health/ready").await;
+        assert_eq!(ready.status(), StatusCode::OK, "{backend:?}");
+        let body: serde_json::Value = ready.json().await.unwrap();
+        assert_eq!(body["status"], "ready");
+        assert_eq!(body["checks"][0]["name"], "database");
+        assert_eq!(body["checks"][0]["ok"], true);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn ready_turns_503_when_sqlite_file_goes_away() {
+    let app = spawn_app(Backend::Sqlite).await;
+    assert_eq!(app.get("/health/ready").await.status(), StatusCode::OK);
+
+    std::fs::remove_file(app.db.sqlite_file()).expect("remove database file");
+
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["checks"][0]["ok"], false);
+    assert!(
+        body["checks"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("removed or replaced"),
+        "{body}"
+    );
+    // Liveness is about the process, not the database.
+    assert_eq!(app.get("/health/live").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn ready_turns_503_when_postgres_database_goes_away() {
+    let app = spawn_app(Backend::Postgres).await;
+    assert_eq!(app.get("/health/ready").await.status(), StatusCode::OK);
+
+    app.db.drop_now().await;
+
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["checks"][0]["ok"], false, "{body}");
+    assert_eq!(app.get("/health/live").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn pages_render_on_the_server_with_navigation() {
+    let app = spawn_app(Backend::Sqlite).await;
+    for (path, heading) in [
+        ("/", "Overview"),
+        ("/login", "Sign in"),
+        ("/config/jwks", "Config → JWKS"),
+        ("/config/schedule", "Config → Schedule"),
+        ("/events", "Events"),
+    ] {
+        let res = app.get(path).await;
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        let html = res.text().await.unwrap();
+        assert!(html.contains(&format!("<h1>{heading}</h1>")), "{path}: {html}");
+        // The shell: navigation and the hydration script.
+        assert!(html.contains(r#"href="/config/jwks""#), "{path}");
+        assert!(html.contains(r#"href="/config/schedule""#), "{path}");
+        assert!(html.contains(r#"href="/events""#), "{path}");
+        assert!(html.contains("/pkg/signet.js"), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn overview_shows_the_installation_from_the_database() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let info = app.state.storage.instance_info().await.unwrap();
+        assert_eq!(info.installation_id.len(), 32);
+        let html = app.get("/").await.text().await.unwrap();
+        assert!(html.contains(&info.installation_id), "{backend:?}: {html}");
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_page_is_a_real_404() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let res = app.get("/no/such/page").await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(res.text().await.unwrap().contains("Not found"));
+}

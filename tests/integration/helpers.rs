@@ -1,0 +1,216 @@
+//! `spawn_app` and the per-test databases behind it.
+
+use signet::server::config::Config;
+use signet::server::startup::{Application, ServeOptions, StartupError};
+use signet::server::AppState;
+use sqlx::Connection as _;
+use std::sync::atomic::{AtomicU32, Ordering};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+/// The PostgreSQL server the tests create their databases on. CI starts it; a test that
+/// cannot reach it fails rather than being skipped.
+pub fn pg_admin_url() -> String {
+    std::env::var("PG_TEST_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+/// A database of its own for one test, with a data directory beside it. A PostgreSQL
+/// database is dropped when this is dropped.
+pub struct TestDb {
+    pub url: String,
+    pub data_dir: TempDir,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => {
+                // A nested path that does not exist yet: serve must create it.
+                let file = data_dir.path().join("nested/dir/signet.db");
+                Self {
+                    url: format!("sqlite://{}", file.display()),
+                    data_dir,
+                    pg_name: None,
+                }
+            }
+            Backend::Postgres => {
+                static COUNTER: AtomicU32 = AtomicU32::new(0);
+                let name = format!(
+                    "signet_test_{}_{}_{}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, Ordering::Relaxed),
+                    rand_suffix()
+                );
+                let mut admin = sqlx::PgConnection::connect(&pg_admin_url())
+                    .await
+                    .expect("PostgreSQL must be reachable for the PostgreSQL tests (PG_TEST_URL)");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create test database");
+                let mut url = url::Url::parse(&pg_admin_url()).expect("PG_TEST_URL is a URL");
+                url.set_path(&name);
+                Self {
+                    url: url.to_string(),
+                    data_dir,
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+
+    /// For SQLite, the database file.
+    pub fn sqlite_file(&self) -> std::path::PathBuf {
+        self.data_dir.path().join("nested/dir/signet.db")
+    }
+
+    /// The environment a server on this database runs with.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("SIGNET_LISTEN".into(), "127.0.0.1:0".into()),
+            ("SIGNET_DATABASE_URL".into(), self.url.clone()),
+            (
+                "SIGNET_DATA_DIR".into(),
+                self.data_dir.path().display().to_string(),
+            ),
+            ("SIGNET_LOG".into(), "warn".into()),
+        ]
+    }
+
+    pub fn config(&self) -> Config {
+        Config::from_sources(None, self.env()).expect("test config is valid")
+    }
+
+    /// Drops the PostgreSQL database now, killing its connections: the database "goes away".
+    pub async fn drop_now(&self) {
+        if let Some(name) = &self.pg_name {
+            drop_pg_database(name).await;
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            // Drop runs outside any async context we could borrow, so use a thread with its
+            // own small runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(drop_pg_database(&name));
+            })
+            .join();
+        }
+    }
+}
+
+async fn drop_pg_database(name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
+
+/// A running server and a client for it.
+pub struct TestApp {
+    pub url: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub db: TestDb,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.at(path))
+            .send()
+            .await
+            .expect("request reaches the server")
+    }
+
+    /// Shuts the server down gracefully and waits for it to finish.
+    pub async fn stop(mut self) -> TestDb {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server ran cleanly");
+        }
+        // Moving `db` out of a type with Drop needs a swap.
+        let placeholder = TestDb {
+            url: String::new(),
+            data_dir: tempfile::tempdir().expect("temp dir"),
+            pg_name: None,
+        };
+        std::mem::replace(&mut self.db, placeholder)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts the real server on a fresh database of the given kind.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let db = TestDb::new(backend).await;
+    spawn_app_on(db, ServeOptions { migrate: true })
+        .await
+        .unwrap_or_else(|(e, _)| panic!("server starts: {e}"))
+}
+
+/// Starts the real server on an existing test database.
+pub async fn spawn_app_on(db: TestDb, options: ServeOptions) -> Result<TestApp, (StartupError, TestDb)> {
+    let app = match Application::build(db.config(), options).await {
+        Ok(app) => app,
+        Err(e) => return Err((e, db)),
+    };
+    let url = app.url();
+    let state = app.state().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    Ok(TestApp {
+        url,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client"),
+        state,
+        db,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real server on port 0, a fresh SQLite file or a fresh
+//! PostgreSQL database per test, and the real `signet` binary for the CLI.
+#![cfg(feature = "ssr")]
+
+mod cli;
+mod health;
+mod helpers;
+mod migrations;

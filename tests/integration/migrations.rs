@@ -1,0 +1,123 @@
+//! Schema handling on both backends: SQLite migrates itself, PostgreSQL waits for the
+//! operator, and neither starts on a schema it does not understand.
+
+use crate::helpers::{Backend, TestDb, spawn_app_on};
+use signet::server::startup::{ServeOptions, StartupError};
+use signet::server::storage::{self, StorageError};
+use signet::server::config::DatabaseUrl;
+
+#[tokio::test]
+async fn sqlite_serve_creates_directory_file_and_schema() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    assert!(!db.sqlite_file().exists());
+    let app = spawn_app_on(db, ServeOptions::default()).await.map_err(|(e, _)| e).unwrap();
+    assert!(app.db.sqlite_file().exists());
+    assert!(app.state.storage.pending_migrations().await.unwrap().is_empty());
+    let first = app.state.storage.instance_info().await.unwrap();
+
+    // A restart on the same file keeps the installation.
+    let db = app.stop().await;
+    let app = spawn_app_on(db, ServeOptions::default()).await.map_err(|(e, _)| e).unwrap();
+    assert_eq!(app.state.storage.instance_info().await.unwrap(), first);
+}
+
+#[tokio::test]
+async fn postgres_serve_refuses_pending_migrations_and_changes_nothing() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (err, db) = match spawn_app_on(db, ServeOptions::default()).await {
+        Ok(_) => panic!("serve must refuse a PostgreSQL database with pending migrations"),
+        Err(e) => e,
+    };
+    let message = err.to_string();
+    assert!(matches!(err, StartupError::PendingMigrations(ref p) if !p.is_empty()));
+    assert!(message.contains("signet migrate"), "{message}");
+    assert!(message.contains("--migrate"), "{message}");
+
+    // Refusing left the database untouched.
+    let storage = storage::connect(&DatabaseUrl::parse(&db.url).unwrap()).await.unwrap();
+    let tables: i64 = count_tables(&db.url).await;
+    assert_eq!(tables, 0);
+
+    // `signet migrate` (the same call) then lets serve start without the flag.
+    assert!(storage.migrate().await.unwrap() >= 1);
+    assert_eq!(storage.migrate().await.unwrap(), 0, "migrate is idempotent");
+    storage.close().await;
+    let app = spawn_app_on(db, ServeOptions::default()).await.map_err(|(e, _)| e).unwrap();
+    assert_eq!(app.get("/health/ready").await.status(), 200);
+}
+
+#[tokio::test]
+async fn postgres_serve_with_migrate_flag_applies_them() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = spawn_app_on(db, ServeOptions { migrate: true }).await.map_err(|(e, _)| e).unwrap();
+    assert!(app.state.storage.pending_migrations().await.unwrap().is_empty());
+    assert!(count_tables(&app.db.url).await >= 2);
+}
+
+#[tokio::test]
+async fn refuses_a_schema_from_a_newer_signet_on_both_backends() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let db = TestDb::new(backend).await;
+        let storage = storage::connect(&DatabaseUrl::parse(&db.url).unwrap()).await.unwrap();
+        storage.migrate().await.unwrap();
+        storage.close().await;
+        execute(
+            &db.url,
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99990101000000, 'from the future', TRUE, X'00', 1)",
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99990101000000, 'from the future', TRUE, '\\x00', 1)",
+        )
+        .await;
+        match spawn_app_on(db, ServeOptions { migrate: true }).await {
+            Ok(_) => panic!("{backend:?}: must refuse a newer schema"),
+            Err((err, _)) => assert!(
+                matches!(err, StartupError::Storage(StorageError::NewerSchema(99990101000000))),
+                "{backend:?}: {err}"
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn refuses_an_edited_migration_on_both_backends() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let db = TestDb::new(backend).await;
+        let storage = storage::connect(&DatabaseUrl::parse(&db.url).unwrap()).await.unwrap();
+        storage.migrate().await.unwrap();
+        storage.close().await;
+        execute(
+            &db.url,
+            "UPDATE _sqlx_migrations SET checksum = X'00' WHERE version = 1",
+            "UPDATE _sqlx_migrations SET checksum = '\\x00' WHERE version = 1",
+        )
+        .await;
+        match spawn_app_on(db, ServeOptions { migrate: true }).await {
+            Ok(_) => panic!("{backend:?}: must refuse a changed migration"),
+            Err((err, _)) => assert!(
+                matches!(err, StartupError::Storage(StorageError::ChangedMigration(1))),
+                "{backend:?}: {err}"
+            ),
+        }
+    }
+}
+
+async fn execute(url: &str, sqlite_sql: &str, pg_sql: &str) {
+    use sqlx::Connection as _;
+    if url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(sqlite_sql).execute(&mut c).await.unwrap();
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(pg_sql).execute(&mut c).await.unwrap();
+    }
+}
+
+async fn count_tables(pg_url: &str) -> i64 {
+    use sqlx::Connection as _;
+    let mut c = sqlx::PgConnection::connect(pg_url).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+}
