@@ -10,8 +10,10 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 
 /// How many upcoming fire times the page shows.
+#[cfg(feature = "ssr")]
 const PREVIEW_COUNT: usize = 5;
 
+#[cfg(feature = "ssr")]
 fn format_times(times: Vec<chrono::DateTime<chrono::Utc>>) -> Vec<String> {
     times
         .into_iter()

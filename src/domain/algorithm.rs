@@ -176,7 +176,10 @@ mod tests {
             AlgorithmList::parse("EdDSA,eddsa"),
             Err(AlgorithmError::Duplicate(Algorithm::EdDSA))
         );
-        assert_eq!(AlgorithmList::parse("EdDSA,RS256").unwrap(), AlgorithmList::default());
+        assert_eq!(
+            AlgorithmList::parse("EdDSA,RS256").unwrap(),
+            AlgorithmList::default()
+        );
     }
 
     #[test]

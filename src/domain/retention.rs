@@ -76,7 +76,7 @@ impl fmt::Display for Retention {
     /// Writes the largest unit that divides the period exactly, so `parse` round-trips.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (factor, unit) in [(7 * 86_400, "w"), (86_400, "d"), (3_600, "h"), (60, "m")] {
-            if self.secs % factor == 0 {
+            if self.secs.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", self.secs / factor);
             }
         }
@@ -100,13 +100,31 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert!(matches!(Retention::parse("30"), Err(RetentionError::Malformed(_))));
-        assert!(matches!(Retention::parse("d"), Err(RetentionError::Malformed(_))));
-        assert!(matches!(Retention::parse("-3d"), Err(RetentionError::Malformed(_))));
-        assert!(matches!(Retention::parse("3y"), Err(RetentionError::UnknownUnit(_))));
-        assert!(matches!(Retention::parse("3 d"), Err(RetentionError::UnknownUnit(_))));
+        assert!(matches!(
+            Retention::parse("30"),
+            Err(RetentionError::Malformed(_))
+        ));
+        assert!(matches!(
+            Retention::parse("d"),
+            Err(RetentionError::Malformed(_))
+        ));
+        assert!(matches!(
+            Retention::parse("-3d"),
+            Err(RetentionError::Malformed(_))
+        ));
+        assert!(matches!(
+            Retention::parse("3y"),
+            Err(RetentionError::UnknownUnit(_))
+        ));
+        assert!(matches!(
+            Retention::parse("3 d"),
+            Err(RetentionError::UnknownUnit(_))
+        ));
         assert_eq!(Retention::parse("0d"), Err(RetentionError::Zero));
-        assert!(matches!(Retention::parse("3651d"), Err(RetentionError::TooLong(_))));
+        assert!(matches!(
+            Retention::parse("3651d"),
+            Err(RetentionError::TooLong(_))
+        ));
         assert!(matches!(
             Retention::parse("99999999999999999999d"),
             Err(RetentionError::TooLong(_))

@@ -17,9 +17,7 @@ pub const DEFAULT_ROTATION_CRON: &str = "0 30 3 1 * * *";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CronError {
-    #[error(
-        "expected 7 fields (sec min hour day_of_month month day_of_week year), found {0}"
-    )]
+    #[error("expected 7 fields (sec min hour day_of_month month day_of_week year), found {0}")]
     FieldCount(usize),
     #[error("invalid cron expression: {0}")]
     Invalid(String),
@@ -36,8 +34,8 @@ impl CronSchedule {
             return Err(CronError::FieldCount(fields));
         }
         let normalized = s.split_whitespace().collect::<Vec<_>>().join(" ");
-        let inner = cron::Schedule::from_str(&normalized)
-            .map_err(|e| CronError::Invalid(e.to_string()))?;
+        let inner =
+            cron::Schedule::from_str(&normalized).map_err(|e| CronError::Invalid(e.to_string()))?;
         let schedule = Self { inner };
         if schedule.next_after(now).is_none() {
             return Err(CronError::NeverFires);
@@ -98,13 +96,22 @@ mod tests {
     fn default_fires_monthly_at_0330() {
         let s = CronSchedule::default();
         let next = s.upcoming(at(2026, 11, 22, 0, 0, 0), 2);
-        assert_eq!(next, vec![at(2026, 12, 1, 3, 30, 0), at(2027, 1, 1, 3, 30, 0)]);
+        assert_eq!(
+            next,
+            vec![at(2026, 12, 1, 3, 30, 0), at(2027, 1, 1, 3, 30, 0)]
+        );
     }
 
     #[test]
     fn requires_seven_fields() {
-        assert_eq!(CronSchedule::parse("30 3 1 * *"), Err(CronError::FieldCount(5)));
-        assert_eq!(CronSchedule::parse("0 30 3 1 * *"), Err(CronError::FieldCount(6)));
+        assert_eq!(
+            CronSchedule::parse("30 3 1 * *"),
+            Err(CronError::FieldCount(5))
+        );
+        assert_eq!(
+            CronSchedule::parse("0 30 3 1 * *"),
+            Err(CronError::FieldCount(6))
+        );
         assert_eq!(CronSchedule::parse(""), Err(CronError::FieldCount(0)));
     }
 

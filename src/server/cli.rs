@@ -57,6 +57,9 @@ pub async fn run() -> ExitCode {
         }
     };
     telemetry::init(&config.log, config.log_format);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
 
     let result = match cli.command {
         Command::Serve { migrate } => serve(config, ServeOptions { migrate }).await,

@@ -114,7 +114,9 @@ impl DatabaseUrl {
         let scheme = s
             .split_once(':')
             .map(|(scheme, _)| scheme.to_ascii_lowercase())
-            .ok_or_else(|| format!("'{s}' has no scheme (expected sqlite://... or postgres://...)"))?;
+            .ok_or_else(|| {
+                format!("'{s}' has no scheme (expected sqlite://... or postgres://...)")
+            })?;
         let backend = match scheme.as_str() {
             "sqlite" => Backend::Sqlite,
             "postgres" | "postgresql" => Backend::Postgres,
@@ -214,6 +216,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The text (secrets already redacted) and source of every setting, for `config check`.
     raw: BTreeMap<&'static str, (String, Source)>,
+    /// Things worth telling the operator that do not stop Signet.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -228,6 +232,7 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let mut errors = Vec::new();
+        let mut warnings = Vec::new();
         let mut raw: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
 
         if let Some(path) = file {
@@ -243,11 +248,11 @@ impl Config {
                     raw.insert(setting, (value, Source::Env(var)));
                 }
                 None if OTHER_ENV.contains(&var.as_str()) => {}
-                None => errors.push(FieldError {
-                    field: var.clone(),
-                    source: Source::Env(var),
-                    message: "not a Signet setting (check the spelling)".into(),
-                }),
+                // A warning, not an error: orchestrators inject variables such as
+                // Kubernetes' SIGNET_PORT for a service named "signet".
+                None => warnings.push(format!(
+                    "{var} is not a Signet setting and is ignored (check the spelling)"
+                )),
             }
         }
 
@@ -301,7 +306,9 @@ impl Config {
         let log_format = p.field("log_format", "text", |s| match s.trim() {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            other => Err(format!("unknown log format '{other}' (expected text or json)")),
+            other => Err(format!(
+                "unknown log format '{other}' (expected text or json)"
+            )),
         });
 
         let kek = match (&enc_keys, &enc_key_active, &data_dir) {
@@ -389,6 +396,7 @@ impl Config {
                 log,
                 log_format,
                 raw,
+                warnings,
             }),
             _ => unreachable!("a missing setting always records an error"),
         }
@@ -534,7 +542,9 @@ fn parse_public_url(s: &str) -> Result<Url, String> {
         return Err(format!("'{s}' must be an http or https URL"));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("'{s}' must not have a query or fragment (it is the issuer)"));
+        return Err(format!(
+            "'{s}' must not have a query or fragment (it is the issuer)"
+        ));
     }
     Ok(url)
 }
@@ -608,7 +618,10 @@ mod tests {
         assert_eq!(c.listen.port(), 5000);
         assert_eq!(c.algorithms.to_string(), "ES256,PS256");
         assert_eq!(c.rsa_bits, RsaBits::B3072);
-        assert!(c.describe().contains("listen = \"127.0.0.1:5000\"  # env SIGNET_LISTEN"));
+        assert!(
+            c.describe()
+                .contains("listen = \"127.0.0.1:5000\"  # env SIGNET_LISTEN")
+        );
     }
 
     #[test]
@@ -630,9 +643,10 @@ mod tests {
     }
 
     #[test]
-    fn unknown_names_are_errors() {
-        let err = load(&[("SIGNET_LISTN", "127.0.0.1:1")]).unwrap_err();
-        assert_eq!(fields(err), vec!["SIGNET_LISTN"]);
+    fn unknown_names_warn_in_env_and_fail_in_file() {
+        let c = load(&[("SIGNET_LISTN", "127.0.0.1:1")]).unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("SIGNET_LISTN"));
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
@@ -669,11 +683,17 @@ mod tests {
 
     #[test]
     fn bad_kek_is_named() {
-        let err = load(&[("SIGNET_ENC_KEYS", "k1:notbase64!"), ("SIGNET_ENC_KEY_ACTIVE", "k1")])
-            .unwrap_err();
+        let err = load(&[
+            ("SIGNET_ENC_KEYS", "k1:notbase64!"),
+            ("SIGNET_ENC_KEY_ACTIVE", "k1"),
+        ])
+        .unwrap_err();
         assert_eq!(fields(err), vec!["enc_keys"]);
         let err = load(&[
-            ("SIGNET_ENC_KEYS", "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            (
+                "SIGNET_ENC_KEYS",
+                "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            ),
             ("SIGNET_ENC_KEY_ACTIVE", "k2"),
         ])
         .unwrap_err();

@@ -39,8 +39,7 @@ async fn live() -> Json<serde_json::Value> {
 
 async fn ready(State(state): State<AppState>) -> Response {
     // A database that hangs must not hang the probe: answer within a bounded time.
-    let database = match tokio::time::timeout(Duration::from_secs(2), state.storage.ping()).await
-    {
+    let database = match tokio::time::timeout(Duration::from_secs(2), state.storage.ping()).await {
         Ok(Ok(())) => Check {
             name: "database",
             ok: true,

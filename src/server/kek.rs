@@ -160,8 +160,8 @@ pub fn read_key_file(path: &Path) -> Result<Keyring, KekError> {
     }
     #[cfg(not(unix))]
     let _ = meta;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| KekError::Unreadable(path.to_path_buf(), e))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| KekError::Unreadable(path.to_path_buf(), e))?;
     Keyring::parse(text.trim(), "").map_err(|e| KekError::BadFile(path.to_path_buf(), Box::new(e)))
 }
 
@@ -219,9 +219,18 @@ mod tests {
     #[test]
     fn rejects_bad_keyrings() {
         assert!(matches!(Keyring::parse("", ""), Err(KekError::Empty)));
-        assert!(matches!(Keyring::parse("k1", ""), Err(KekError::Malformed(_))));
-        assert!(matches!(Keyring::parse("k1:!!", ""), Err(KekError::BadBase64(_))));
-        assert!(matches!(Keyring::parse("k1:AAAA", ""), Err(KekError::BadLength(_, 3))));
+        assert!(matches!(
+            Keyring::parse("k1", ""),
+            Err(KekError::Malformed(_))
+        ));
+        assert!(matches!(
+            Keyring::parse("k1:!!", ""),
+            Err(KekError::BadBase64(_))
+        ));
+        assert!(matches!(
+            Keyring::parse("k1:AAAA", ""),
+            Err(KekError::BadLength(_, 3))
+        ));
         assert!(matches!(
             Keyring::parse(&format!("{K1},{K1}"), "k1"),
             Err(KekError::DuplicateId(_))
@@ -230,14 +239,18 @@ mod tests {
             Keyring::parse(&format!("{K1},{K2}"), ""),
             Err(KekError::NoActive)
         ));
-        assert!(matches!(Keyring::parse(K1, "k9"), Err(KekError::UnknownActive(_))));
+        assert!(matches!(
+            Keyring::parse(K1, "k9"),
+            Err(KekError::UnknownActive(_))
+        ));
     }
 
     #[test]
     fn debug_and_errors_hide_key_material() {
         let ring = Keyring::parse(K1, "").unwrap();
         assert!(!format!("{ring:?}").contains("AAECAw"));
-        let err = Keyring::parse("k1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "").unwrap_err();
+        let err =
+            Keyring::parse("k1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "").unwrap_err();
         assert!(!err.to_string().contains("AAECAw"), "{err}");
     }
 
@@ -266,7 +279,10 @@ mod tests {
         let path = dir.path().join(KEK_FILE);
         std::fs::write(&path, K1).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(read_key_file(&path), Err(KekError::TooOpen(_, 0o644))));
+        assert!(matches!(
+            read_key_file(&path),
+            Err(KekError::TooOpen(_, 0o644))
+        ));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(read_key_file(&path).is_ok());
         std::fs::write(&path, "garbage").unwrap();

@@ -3,10 +3,10 @@
 
 use crate::app::{App, shell};
 use crate::server::config::{Backend, Config, KekSource};
+use crate::server::health;
 use crate::server::kek::{self, KekError, Keyring};
 use crate::server::state::AppState;
 use crate::server::storage::{self, PendingMigration, Storage, StorageError};
-use crate::server::health;
 use axum::Router;
 use leptos::prelude::LeptosOptions;
 use leptos_axum::{LeptosRoutes as _, generate_route_list};

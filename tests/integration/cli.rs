@@ -36,11 +36,20 @@ fn run(cmd: &mut Command) -> (Output, String, String) {
 async fn config_check_prints_effective_config_with_secrets_redacted() {
     let db = TestDb::new(Backend::Sqlite).await;
     let key = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-    let env = with(&db, &[("SIGNET_ENC_KEYS", key), ("SIGNET_ENC_KEY_ACTIVE", "k1")]);
+    let env = with(
+        &db,
+        &[("SIGNET_ENC_KEYS", key), ("SIGNET_ENC_KEY_ACTIVE", "k1")],
+    );
     let (out, stdout, _) = run(signet(&env).args(["config", "check"]));
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("listen = \"127.0.0.1:0\"  # env SIGNET_LISTEN"), "{stdout}");
-    assert!(stdout.contains("rotation_cron = \"0 30 3 1 * * *\"  # default"), "{stdout}");
+    assert!(
+        stdout.contains("listen = \"127.0.0.1:0\"  # env SIGNET_LISTEN"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("rotation_cron = \"0 30 3 1 * * *\"  # default"),
+        "{stdout}"
+    );
     assert!(stdout.contains("enc_keys = \"REDACTED\""), "{stdout}");
     assert!(!stdout.contains("AAECAw"), "{stdout}");
     // config check changes nothing: no database, no key file.
@@ -52,20 +61,35 @@ async fn config_check_names_each_invalid_field_and_fails() {
     let db = TestDb::new(Backend::Sqlite).await;
     let cases: &[(&str, &str, &str)] = &[
         ("SIGNET_LISTEN", "localhost", "listen"),
-        ("SIGNET_DATABASE_URL", "mysql://db/signet", "unknown database scheme 'mysql'"),
+        (
+            "SIGNET_DATABASE_URL",
+            "mysql://db/signet",
+            "unknown database scheme 'mysql'",
+        ),
         ("SIGNET_ROTATION_CRON", "0 30 3 1 *", "expected 7 fields"),
         ("SIGNET_ROTATION_CRON", "0 0 0 30 2 * *", "never fires"),
         ("SIGNET_ENC_KEYS", "k1:tooshort", "enc_keys"),
         ("SIGNET_RETENTION", "30 days", "retention"),
-        ("SIGNET_ALGORITHMS", "EdDSA,HS256", "unknown algorithm 'HS256'"),
+        (
+            "SIGNET_ALGORITHMS",
+            "EdDSA,HS256",
+            "unknown algorithm 'HS256'",
+        ),
     ];
     for (var, value, expected) in cases {
         let env = with(&db, &[(var, value)]);
         let (out, stdout, stderr) = run(signet(&env).args(["config", "check"]));
-        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stdout}{stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{var}={value}: {stdout}{stderr}"
+        );
         assert!(stderr.contains(expected), "{var}={value}: {stderr}");
         let field = var.trim_start_matches("SIGNET_").to_ascii_lowercase();
-        assert!(stderr.contains(&field), "{var}={value} does not name {field}: {stderr}");
+        assert!(
+            stderr.contains(&field),
+            "{var}={value} does not name {field}: {stderr}"
+        );
     }
 }
 
@@ -77,7 +101,10 @@ async fn config_check_rejects_an_unreadable_key_file() {
     set_mode(&path, 0o600);
     let (out, _, stderr) = run(signet(&db.env()).args(["config", "check"]));
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("enc_keys") && stderr.contains("signet.kek"), "{stderr}");
+    assert!(
+        stderr.contains("enc_keys") && stderr.contains("signet.kek"),
+        "{stderr}"
+    );
 
     std::fs::write(&path, "local1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
     set_mode(&path, 0o644);
@@ -91,15 +118,19 @@ async fn config_file_is_read_and_bad_toml_is_reported() {
     let db = TestDb::new(Backend::Sqlite).await;
     let file = db.data_dir.path().join("signet.toml");
     std::fs::write(&file, "retention = \"12h\"\nalgorithms = [\"ES256\"]\n").unwrap();
-    let (out, stdout, stderr) =
-        run(signet(&db.env()).arg("--config").arg(&file).args(["config", "check"]));
+    let (out, stdout, stderr) = run(signet(&db.env())
+        .arg("--config")
+        .arg(&file)
+        .args(["config", "check"]));
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("retention = \"12h\"  # file"), "{stdout}");
     assert!(stdout.contains("algorithms = \"ES256\""), "{stdout}");
 
     std::fs::write(&file, "retention = \n").unwrap();
-    let (out, _, stderr) =
-        run(signet(&db.env()).arg("--config").arg(&file).args(["config", "check"]));
+    let (out, _, stderr) = run(signet(&db.env())
+        .arg("--config")
+        .arg(&file)
+        .args(["config", "check"]));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("not valid TOML"), "{stderr}");
 }
@@ -109,7 +140,10 @@ async fn serve_on_postgres_refuses_pending_migrations_until_migrate() {
     let db = TestDb::new(Backend::Postgres).await;
     let (out, _, stderr) = run(signet(&db.env()).arg("serve"));
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("pending migration") && stderr.contains("signet migrate"), "{stderr}");
+    assert!(
+        stderr.contains("pending migration") && stderr.contains("signet migrate"),
+        "{stderr}"
+    );
 
     let (out, _, stderr) = run(signet(&db.env()).arg("migrate"));
     assert!(out.status.success(), "{stderr}");
@@ -131,7 +165,10 @@ async fn serve_on_default_sqlite_creates_everything_and_shuts_down_gracefully() 
     let stderr = serve_answers_and_stops_on_sigterm(&env).await;
     assert!(dir.join("signet.db").exists());
     assert!(dir.join("signet.kek").exists());
-    assert!(stderr.contains("no key-encryption key configured"), "{stderr}");
+    assert!(
+        stderr.contains("no key-encryption key configured"),
+        "{stderr}"
+    );
 }
 
 /// Starts `signet serve`, reads its URL from stdout, checks readiness, sends SIGTERM and
@@ -161,12 +198,22 @@ async fn serve_answers_and_stops_on_sigterm(env: &[(String, String)]) -> String 
     assert_eq!(ready.status(), 200);
 
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .unwrap()
         .unwrap();
-    assert!(output.status.success(), "exit status after SIGTERM: {:?}", output.status);
+    assert!(
+        output.status.success(),
+        "exit status after SIGTERM: {:?}",
+        output.status
+    );
     String::from_utf8_lossy(&output.stderr).to_string()
 }
 

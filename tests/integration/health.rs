@@ -70,7 +70,10 @@ async fn pages_render_on_the_server_with_navigation() {
         let res = app.get(path).await;
         assert_eq!(res.status(), StatusCode::OK, "{path}");
         let html = res.text().await.unwrap();
-        assert!(html.contains(&format!("<h1>{heading}</h1>")), "{path}: {html}");
+        assert!(
+            html.contains(&format!("<h1>{heading}</h1>")),
+            "{path}: {html}"
+        );
         // The shell: navigation and the hydration script.
         assert!(html.contains(r#"href="/config/jwks""#), "{path}");
         assert!(html.contains(r#"href="/config/schedule""#), "{path}");

@@ -1,8 +1,8 @@
 //! `spawn_app` and the per-test databases behind it.
 
+use signet::server::AppState;
 use signet::server::config::Config;
 use signet::server::startup::{Application, ServeOptions, StartupError};
-use signet::server::AppState;
 use sqlx::Connection as _;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tempfile::TempDir;
@@ -162,7 +162,9 @@ impl TestApp {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("server task").expect("server ran cleanly");
+            task.await
+                .expect("server task")
+                .expect("server ran cleanly");
         }
         // Moving `db` out of a type with Drop needs a swap.
         let placeholder = TestDb {
@@ -191,7 +193,10 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 /// Starts the real server on an existing test database.
-pub async fn spawn_app_on(db: TestDb, options: ServeOptions) -> Result<TestApp, (StartupError, TestDb)> {
+pub async fn spawn_app_on(
+    db: TestDb,
+    options: ServeOptions,
+) -> Result<TestApp, (StartupError, TestDb)> {
     let app = match Application::build(db.config(), options).await {
         Ok(app) => app,
         Err(e) => return Err((e, db)),

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on port 0, a fresh SQLite file or a fresh
 //! PostgreSQL database per test, and the real `signet` binary for the CLI.
 #![cfg(feature = "ssr")]
+#![allow(clippy::unwrap_used)]
 
 mod cli;
 mod health;

@@ -2,22 +2,35 @@
 //! operator, and neither starts on a schema it does not understand.
 
 use crate::helpers::{Backend, TestDb, spawn_app_on};
+use signet::server::config::DatabaseUrl;
 use signet::server::startup::{ServeOptions, StartupError};
 use signet::server::storage::{self, StorageError};
-use signet::server::config::DatabaseUrl;
 
 #[tokio::test]
 async fn sqlite_serve_creates_directory_file_and_schema() {
     let db = TestDb::new(Backend::Sqlite).await;
     assert!(!db.sqlite_file().exists());
-    let app = spawn_app_on(db, ServeOptions::default()).await.map_err(|(e, _)| e).unwrap();
+    let app = spawn_app_on(db, ServeOptions::default())
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
     assert!(app.db.sqlite_file().exists());
-    assert!(app.state.storage.pending_migrations().await.unwrap().is_empty());
+    assert!(
+        app.state
+            .storage
+            .pending_migrations()
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let first = app.state.storage.instance_info().await.unwrap();
 
     // A restart on the same file keeps the installation.
     let db = app.stop().await;
-    let app = spawn_app_on(db, ServeOptions::default()).await.map_err(|(e, _)| e).unwrap();
+    let app = spawn_app_on(db, ServeOptions::default())
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
     assert_eq!(app.state.storage.instance_info().await.unwrap(), first);
 }
 
@@ -34,7 +47,9 @@ async fn postgres_serve_refuses_pending_migrations_and_changes_nothing() {
     assert!(message.contains("--migrate"), "{message}");
 
     // Refusing left the database untouched.
-    let storage = storage::connect(&DatabaseUrl::parse(&db.url).unwrap()).await.unwrap();
+    let storage = storage::connect(&DatabaseUrl::parse(&db.url).unwrap())
+        .await
+        .unwrap();
     let tables: i64 = count_tables(&db.url).await;
     assert_eq!(tables, 0);
 
@@ -42,15 +57,28 @@ async fn postgres_serve_refuses_pending_migrations_and_changes_nothing() {
     assert!(storage.migrate().await.unwrap() >= 1);
     assert_eq!(storage.migrate().await.unwrap(), 0, "migrate is idempotent");
     storage.close().await;
-    let app = spawn_app_on(db, ServeOptions::default()).await.map_err(|(e, _)| e).unwrap();
+    let app = spawn_app_on(db, ServeOptions::default())
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
     assert_eq!(app.get("/health/ready").await.status(), 200);
 }
 
 #[tokio::test]
 async fn postgres_serve_with_migrate_flag_applies_them() {
     let db = TestDb::new(Backend::Postgres).await;
-    let app = spawn_app_on(db, ServeOptions { migrate: true }).await.map_err(|(e, _)| e).unwrap();
-    assert!(app.state.storage.pending_migrations().await.unwrap().is_empty());
+    let app = spawn_app_on(db, ServeOptions { migrate: true })
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert!(
+        app.state
+            .storage
+            .pending_migrations()
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(count_tables(&app.db.url).await >= 2);
 }
 
@@ -58,7 +86,9 @@ async fn postgres_serve_with_migrate_flag_applies_them() {
 async fn refuses_a_schema_from_a_newer_signet_on_both_backends() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let db = TestDb::new(backend).await;
-        let storage = storage::connect(&DatabaseUrl::parse(&db.url).unwrap()).await.unwrap();
+        let storage = storage::connect(&DatabaseUrl::parse(&db.url).unwrap())
+            .await
+            .unwrap();
         storage.migrate().await.unwrap();
         storage.close().await;
         execute(
@@ -72,7 +102,10 @@ async fn refuses_a_schema_from_a_newer_signet_on_both_backends() {
         match spawn_app_on(db, ServeOptions { migrate: true }).await {
             Ok(_) => panic!("{backend:?}: must refuse a newer schema"),
             Err((err, _)) => assert!(
-                matches!(err, StartupError::Storage(StorageError::NewerSchema(99990101000000))),
+                matches!(
+                    err,
+                    StartupError::Storage(StorageError::NewerSchema(99990101000000))
+                ),
                 "{backend:?}: {err}"
             ),
         }
@@ -83,7 +116,9 @@ async fn refuses_a_schema_from_a_newer_signet_on_both_backends() {
 async fn refuses_an_edited_migration_on_both_backends() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let db = TestDb::new(backend).await;
-        let storage = storage::connect(&DatabaseUrl::parse(&db.url).unwrap()).await.unwrap();
+        let storage = storage::connect(&DatabaseUrl::parse(&db.url).unwrap())
+            .await
+            .unwrap();
         storage.migrate().await.unwrap();
         storage.close().await;
         execute(
@@ -95,7 +130,10 @@ async fn refuses_an_edited_migration_on_both_backends() {
         match spawn_app_on(db, ServeOptions { migrate: true }).await {
             Ok(_) => panic!("{backend:?}: must refuse a changed migration"),
             Err((err, _)) => assert!(
-                matches!(err, StartupError::Storage(StorageError::ChangedMigration(1))),
+                matches!(
+                    err,
+                    StartupError::Storage(StorageError::ChangedMigration(1))
+                ),
                 "{backend:?}: {err}"
             ),
         }
