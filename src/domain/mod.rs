@@ -4,9 +4,12 @@
 //! validates input with exactly the same rules the server enforces.
 
 pub mod algorithm;
+pub mod audit;
+pub mod lifecycle;
 pub mod retention;
 pub mod schedule;
 
 pub use algorithm::{Algorithm, AlgorithmList, RsaBits};
+pub use lifecycle::{KeyInfo, KeyState, Kid, Plan, Policy, Transition};
 pub use retention::Retention;
 pub use schedule::CronSchedule;

@@ -1,8 +1,10 @@
 //! Everything that only runs on the server: configuration, startup, storage, HTTP routes
 //! and the command line. Compiled only with the `ssr` feature.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod health;
 pub mod kek;
 pub mod startup;

@@ -5,10 +5,14 @@
 //! stays inside the two implementations.
 
 mod postgres;
+mod shared;
 mod sqlite;
 
+use crate::domain::{Algorithm, KeyInfo, KeyState, Kid, Transition};
+use crate::server::audit::{NewEvent, StoredEvent};
 use crate::server::config::{Backend, DatabaseUrl};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
 use std::sync::Arc;
 
@@ -32,6 +36,11 @@ pub enum StorageError {
     ChangedMigration(i64),
     #[error("migration {0} failed earlier and left the database dirty; fix it by hand")]
     DirtyMigration(i64),
+    /// Another writer changed the keys between planning and applying.
+    #[error("the keys changed concurrently; try again")]
+    Conflict,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
 }
 
 /// A migration known to this binary but not yet applied to the database.
@@ -49,6 +58,80 @@ pub struct InstanceInfo {
     pub schema_version: i64,
 }
 
+/// A signing key as stored: metadata, public JWK, and the sealed private half (gone once
+/// the key is revoked or expired).
+#[derive(Clone)]
+pub struct StoredKey {
+    pub info: KeyInfo,
+    pub public_jwk: String,
+    pub sealed: Option<Vec<u8>>,
+    pub kek_id: Option<String>,
+    pub revoke_reason: Option<String>,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("info", &self.info)
+            .field("kek_id", &self.kek_id)
+            .field("sealed", &self.sealed.as_ref().map(|_| "REDACTED"))
+            .finish()
+    }
+}
+
+/// A freshly generated key to insert, already sealed.
+#[derive(Clone)]
+pub struct NewKey {
+    pub kid: Kid,
+    pub alg: Algorithm,
+    pub state: KeyState,
+    pub public_jwk: String,
+    pub sealed: Vec<u8>,
+    pub kek_id: String,
+}
+
+/// Everything one lifecycle operation writes, in one transaction: state transitions (each
+/// applied only if the key is still in its `from` state), new keys, and audit events.
+#[derive(Clone)]
+pub struct KeyChange {
+    pub now: DateTime<Utc>,
+    pub transitions: Vec<Transition>,
+    pub new_keys: Vec<NewKey>,
+    pub reason: Option<String>,
+    pub events: Vec<NewEvent>,
+}
+
+impl KeyChange {
+    /// Keys leave `active`/`next` before others enter them, so the one-active and one-next
+    /// unique indexes hold at every statement, not only at commit.
+    pub fn ordered_transitions(&self) -> Vec<&Transition> {
+        let mut t: Vec<&Transition> = self.transitions.iter().collect();
+        t.sort_by_key(|t| matches!(t.to, KeyState::Active | KeyState::Next));
+        t
+    }
+}
+
+/// A sealed private key re-wrapped under another KEK.
+pub struct Resealed {
+    pub kid: Kid,
+    pub old_kek_id: String,
+    pub sealed: Vec<u8>,
+    pub kek_id: String,
+}
+
+/// Filters for reading the audit log, newest first, with keyset pagination.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub level: Option<String>,
+    pub kind: Option<String>,
+    pub actor: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Only events with a smaller id (the cursor of the previous page).
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
     fn backend(&self) -> Backend;
@@ -64,6 +147,27 @@ pub trait Storage: Send + Sync + 'static {
     async fn migrate(&self) -> Result<usize, StorageError>;
 
     async fn instance_info(&self) -> Result<InstanceInfo, StorageError>;
+
+    /// Every key, in creation order.
+    async fn list_keys(&self) -> Result<Vec<StoredKey>, StorageError>;
+
+    /// Applies a lifecycle change atomically. Fails with `Conflict`, changing nothing, when
+    /// a key is no longer in the state the plan expected.
+    async fn apply_key_change(&self, change: &KeyChange) -> Result<(), StorageError>;
+
+    /// Replaces sealed private keys (KEK rotation), with its audit event, atomically.
+    async fn reseal_keys(&self, keys: &[Resealed], event: &NewEvent) -> Result<(), StorageError>;
+
+    /// Records the latest `exp` of a token signed with a key (only ever moves forward).
+    async fn record_token_exp(&self, kid: &Kid, exp: DateTime<Utc>) -> Result<(), StorageError>;
+
+    /// A counter bumped by every key change; other processes poll it.
+    async fn key_version(&self) -> Result<i64, StorageError>;
+
+    async fn list_events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StorageError>;
+
+    /// The whole chain in id order and the head (last id, last hash), for verification.
+    async fn audit_chain(&self) -> Result<(Vec<StoredEvent>, i64, String), StorageError>;
 
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);

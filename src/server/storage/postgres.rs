@@ -89,7 +89,61 @@ impl Storage for PostgresStorage {
         })
     }
 
+    async fn list_keys(&self) -> Result<Vec<super::StoredKey>, StorageError> {
+        self.list_keys_shared().await
+    }
+
+    async fn apply_key_change(&self, change: &super::KeyChange) -> Result<(), StorageError> {
+        self.apply_key_change_shared(change).await
+    }
+
+    async fn reseal_keys(
+        &self,
+        keys: &[super::Resealed],
+        event: &crate::server::audit::NewEvent,
+    ) -> Result<(), StorageError> {
+        self.reseal_keys_shared(keys, event).await
+    }
+
+    async fn record_token_exp(
+        &self,
+        kid: &crate::domain::Kid,
+        exp: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StorageError> {
+        self.record_token_exp_shared(kid, exp).await
+    }
+
+    async fn key_version(&self) -> Result<i64, StorageError> {
+        self.key_version_shared().await
+    }
+
+    async fn list_events(
+        &self,
+        query: &super::EventQuery,
+    ) -> Result<Vec<crate::server::audit::StoredEvent>, StorageError> {
+        self.list_events_shared(query).await
+    }
+
+    async fn audit_chain(
+        &self,
+    ) -> Result<(Vec<crate::server::audit::StoredEvent>, i64, String), StorageError> {
+        self.audit_chain_shared().await
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
 }
+
+impl super::shared::HasDb for PostgresStorage {
+    type Db = sqlx::Postgres;
+}
+
+// The head row is locked FOR UPDATE, serializing appenders; NOTIFY (delivered at
+// commit) tells the other instances to reload their keys.
+super::shared::shared_storage_methods!(
+    PostgresStorage,
+    begin = "BEGIN",
+    lock_head = "SELECT last_id, last_hash FROM audit_head WHERE id = 1 FOR UPDATE",
+    notify = "SELECT pg_notify('signet_keys', '')"
+);

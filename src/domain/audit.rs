@@ -1,0 +1,79 @@
+//! Audit event vocabulary: levels, triggers and kinds.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Info,
+    Notice,
+    Warning,
+    Critical,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Notice => "notice",
+            Level::Warning => "warning",
+            Level::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Level::Info, Level::Notice, Level::Warning, Level::Critical]
+            .into_iter()
+            .find(|l| l.as_str() == s)
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What started a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Ui,
+    Api,
+    Cli,
+    Scheduler,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Ui => "ui",
+            Trigger::Api => "api",
+            Trigger::Cli => "cli",
+            Trigger::Scheduler => "scheduler",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Trigger::Ui, Trigger::Api, Trigger::Cli, Trigger::Scheduler]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Event kinds written by the key lifecycle.
+pub mod kind {
+    pub const KEYS_CREATED: &str = "keys.created";
+    pub const KEYS_ROTATED: &str = "keys.rotated";
+    pub const KEYS_REVOKED: &str = "keys.revoked";
+    pub const KEYS_EXPIRED: &str = "keys.expired";
+    pub const KEYS_EXPIRED_EARLY: &str = "keys.expired_early";
+    pub const KEYS_REENCRYPTED: &str = "keys.reencrypted";
+}

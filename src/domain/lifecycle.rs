@@ -1,0 +1,658 @@
+//! The key lifecycle: states, and the planner that decides what each operation changes.
+//!
+//! The planner is pure. Given the current keys of the installation, the time and the
+//! policy, it returns a [`Plan`]: which keys move to which state, and which fresh keys
+//! must be generated. The server carries a plan out in one transaction, and the property
+//! tests at the bottom of this file check DESIGN.md's invariants after random sequences
+//! of operations.
+
+use super::algorithm::Algorithm;
+use super::retention::Retention;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Where a key is in its life. See the table in DESIGN.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    Next,
+    Active,
+    Rotated,
+    Revoked,
+    Expired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Next => "next",
+            KeyState::Active => "active",
+            KeyState::Rotated => "rotated",
+            KeyState::Revoked => "revoked",
+            KeyState::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            KeyState::Next,
+            KeyState::Active,
+            KeyState::Rotated,
+            KeyState::Revoked,
+            KeyState::Expired,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
+    /// Whether keys in this state still hold their private half.
+    pub fn keeps_private_key(self) -> bool {
+        matches!(self, KeyState::Next | KeyState::Active | KeyState::Rotated)
+    }
+}
+
+impl fmt::Display for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A key id: the RFC 7638 JWK thumbprint, base64url (no padding) of a SHA-256 digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Kid(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a key id (43 base64url characters)")]
+pub struct KidError(String);
+
+impl Kid {
+    pub fn parse(s: &str) -> Result<Self, KidError> {
+        let ok = s.len() == 43
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            // Bound what is echoed back: the input may be anything a client sent.
+            Err(KidError(s.chars().take(64).collect()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Kid {
+    type Error = KidError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Kid::parse(&s)
+    }
+}
+
+impl From<Kid> for String {
+    fn from(k: Kid) -> Self {
+        k.0
+    }
+}
+
+impl fmt::Display for Kid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the planner needs to know of a key (its metadata, never its material).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub kid: Kid,
+    pub alg: Algorithm,
+    pub state: KeyState,
+    pub created_at: DateTime<Utc>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub rotated_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// For a rotated key: when its publication ends. Set at rotation, pushed later when a
+    /// token signed before the rotation expires later.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The latest `exp` of any token Signet signed with this key.
+    pub last_token_exp: Option<DateTime<Utc>>,
+}
+
+/// Rules the planner applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// How long a rotated key stays published.
+    pub retention: Retention,
+    /// At most this many rotated keys per algorithm are published; older ones expire early.
+    pub max_rotated: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            retention: Retention::default(),
+            max_rotated: 8,
+        }
+    }
+}
+
+/// One key moving from one state to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub kid: Kid,
+    pub alg: Algorithm,
+    pub from: KeyState,
+    pub to: KeyState,
+    /// For `to == Rotated`: the end of publication.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// True when a key expires before its retention ended (the rotated-keys cap).
+    pub early: bool,
+}
+
+/// Everything one operation changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    pub transitions: Vec<Transition>,
+    /// Fresh keys to generate, in this order, each entering the given state.
+    pub generate: Vec<(Algorithm, KeyState)>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.transitions.is_empty() && self.generate.is_empty()
+    }
+
+    fn merge(&mut self, other: Plan) {
+        self.transitions.extend(other.transitions);
+        self.generate.extend(other.generate);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("algorithm {0} is not enabled")]
+    NotEnabled(Algorithm),
+    #[error("no key with id {0}")]
+    UnknownKid(Kid),
+    #[error("key {kid} is already {state}")]
+    NotRevocable { kid: Kid, state: KeyState },
+    #[error("algorithm {alg} has {active} active and {next} next keys; expected one of each")]
+    Inconsistent {
+        alg: Algorithm,
+        active: usize,
+        next: usize,
+    },
+}
+
+fn single(keys: &[KeyInfo], alg: Algorithm, state: KeyState) -> Vec<&KeyInfo> {
+    keys.iter()
+        .filter(|k| k.alg == alg && k.state == state)
+        .collect()
+}
+
+/// The active and next key of an algorithm, or why there are not exactly one of each.
+fn active_and_next(keys: &[KeyInfo], alg: Algorithm) -> Result<(&KeyInfo, &KeyInfo), PlanError> {
+    let active = single(keys, alg, KeyState::Active);
+    let next = single(keys, alg, KeyState::Next);
+    match (active.as_slice(), next.as_slice()) {
+        ([a], [n]) => Ok((a, n)),
+        _ => Err(PlanError::Inconsistent {
+            alg,
+            active: active.len(),
+            next: next.len(),
+        }),
+    }
+}
+
+/// When a key rotated at `now` stops being published: after the retention, or later if a
+/// token it signed is still valid then (invariant 4 holds even if the policy changed).
+pub fn publication_end(
+    now: DateTime<Utc>,
+    retention: Retention,
+    last_token_exp: Option<DateTime<Utc>>,
+) -> DateTime<Utc> {
+    let by_retention = now + Duration::seconds(retention.as_secs() as i64);
+    match last_token_exp {
+        Some(exp) if exp > by_retention => exp,
+        _ => by_retention,
+    }
+}
+
+/// Generates the keys an enabled algorithm lacks (first start, or an algorithm enabled
+/// later). Algorithms no longer enabled keep their keys untouched.
+pub fn plan_bootstrap(keys: &[KeyInfo], enabled: &[Algorithm]) -> Plan {
+    let mut plan = Plan::default();
+    for &alg in enabled {
+        if single(keys, alg, KeyState::Active).is_empty() {
+            plan.generate.push((alg, KeyState::Active));
+        }
+        if single(keys, alg, KeyState::Next).is_empty() {
+            plan.generate.push((alg, KeyState::Next));
+        }
+    }
+    plan
+}
+
+/// Rotation of one algorithm: `next` → `active`, `active` → `rotated`, a fresh `next`.
+pub fn plan_rotate(
+    keys: &[KeyInfo],
+    alg: Algorithm,
+    now: DateTime<Utc>,
+    policy: Policy,
+) -> Result<Plan, PlanError> {
+    let (active, next) = active_and_next(keys, alg)?;
+    let mut plan = Plan {
+        transitions: vec![
+            Transition {
+                kid: next.kid.clone(),
+                alg,
+                from: KeyState::Next,
+                to: KeyState::Active,
+                expires_at: None,
+                early: false,
+            },
+            Transition {
+                kid: active.kid.clone(),
+                alg,
+                from: KeyState::Active,
+                to: KeyState::Rotated,
+                expires_at: Some(publication_end(
+                    now,
+                    policy.retention,
+                    active.last_token_exp,
+                )),
+                early: false,
+            },
+        ],
+        generate: vec![(alg, KeyState::Next)],
+    };
+    plan.merge(cap_rotated(keys, alg, 1, policy.max_rotated));
+    Ok(plan)
+}
+
+/// Suspected compromise of one algorithm: `active` and `next` → `revoked`, fresh `active`
+/// and `next`.
+pub fn plan_rotate_and_revoke(keys: &[KeyInfo], alg: Algorithm) -> Result<Plan, PlanError> {
+    let (active, next) = active_and_next(keys, alg)?;
+    let revoke = |k: &KeyInfo| Transition {
+        kid: k.kid.clone(),
+        alg,
+        from: k.state,
+        to: KeyState::Revoked,
+        expires_at: None,
+        early: false,
+    };
+    Ok(Plan {
+        transitions: vec![revoke(active), revoke(next)],
+        generate: vec![(alg, KeyState::Active), (alg, KeyState::Next)],
+    })
+}
+
+/// Revocation of one key. Revoking the `active` key promotes `next` first (in the same
+/// plan); revoking `next` generates a new one. Either way, the algorithm keeps one of each.
+pub fn plan_revoke(
+    keys: &[KeyInfo],
+    kid: &Kid,
+    now: DateTime<Utc>,
+    policy: Policy,
+) -> Result<Plan, PlanError> {
+    let key = keys
+        .iter()
+        .find(|k| &k.kid == kid)
+        .ok_or_else(|| PlanError::UnknownKid(kid.clone()))?;
+    let alg = key.alg;
+    let revoke = Transition {
+        kid: kid.clone(),
+        alg,
+        from: key.state,
+        to: KeyState::Revoked,
+        expires_at: None,
+        early: false,
+    };
+    match key.state {
+        KeyState::Rotated => Ok(Plan {
+            transitions: vec![revoke],
+            generate: vec![],
+        }),
+        KeyState::Next => {
+            active_and_next(keys, alg)?;
+            Ok(Plan {
+                transitions: vec![revoke],
+                generate: vec![(alg, KeyState::Next)],
+            })
+        }
+        KeyState::Active => {
+            let mut plan = plan_rotate(keys, alg, now, policy)?;
+            // The rotation moved the active key to `rotated`; it goes straight to
+            // `revoked` instead, and so does not count towards the rotated cap.
+            plan.transitions.retain(|t| t.kid != *kid);
+            plan.transitions
+                .retain(|t| !(t.to == KeyState::Expired && t.early));
+            plan.transitions.push(revoke);
+            Ok(plan)
+        }
+        KeyState::Revoked | KeyState::Expired => Err(PlanError::NotRevocable {
+            kid: kid.clone(),
+            state: key.state,
+        }),
+    }
+}
+
+/// Housekeeping: rotated keys whose publication ended expire.
+pub fn plan_expiry(keys: &[KeyInfo], now: DateTime<Utc>) -> Plan {
+    Plan {
+        transitions: keys
+            .iter()
+            .filter(|k| k.state == KeyState::Rotated && k.expires_at.is_some_and(|e| e <= now))
+            .map(|k| Transition {
+                kid: k.kid.clone(),
+                alg: k.alg,
+                from: KeyState::Rotated,
+                to: KeyState::Expired,
+                expires_at: None,
+                early: false,
+            })
+            .collect(),
+        generate: vec![],
+    }
+}
+
+/// When `adding` more keys become `rotated`, the oldest ones beyond the cap expire early.
+fn cap_rotated(keys: &[KeyInfo], alg: Algorithm, adding: usize, max: usize) -> Plan {
+    let mut rotated = single(keys, alg, KeyState::Rotated);
+    let excess = (rotated.len() + adding).saturating_sub(max);
+    rotated.sort_by_key(|k| (k.rotated_at, k.created_at));
+    Plan {
+        transitions: rotated
+            .into_iter()
+            .take(excess)
+            .map(|k| Transition {
+                kid: k.kid.clone(),
+                alg,
+                from: KeyState::Rotated,
+                to: KeyState::Expired,
+                expires_at: None,
+                early: true,
+            })
+            .collect(),
+        generate: vec![],
+    }
+}
+
+/// Applies a plan to a list of keys, as the database would. `new_kid` names each
+/// generated key. Used by tests and by anything that keeps keys in memory.
+pub fn apply(
+    keys: &mut Vec<KeyInfo>,
+    plan: &Plan,
+    now: DateTime<Utc>,
+    mut new_kid: impl FnMut(Algorithm) -> Kid,
+) {
+    for t in &plan.transitions {
+        if let Some(k) = keys.iter_mut().find(|k| k.kid == t.kid) {
+            k.state = t.to;
+            match t.to {
+                KeyState::Active => k.activated_at = Some(now),
+                KeyState::Rotated => {
+                    k.rotated_at = Some(now);
+                    k.expires_at = t.expires_at;
+                }
+                KeyState::Revoked => k.revoked_at = Some(now),
+                KeyState::Expired => k.expires_at = Some(k.expires_at.map_or(now, |e| e.min(now))),
+                KeyState::Next => {}
+            }
+        }
+    }
+    for &(alg, state) in &plan.generate {
+        keys.push(KeyInfo {
+            kid: new_kid(alg),
+            alg,
+            state,
+            created_at: now,
+            activated_at: (state == KeyState::Active).then_some(now),
+            rotated_at: None,
+            revoked_at: None,
+            expires_at: None,
+            last_token_exp: None,
+        });
+    }
+}
+
+/// The keys a JWKS publishes: `next`, `active` and unexpired `rotated` (invariant 2).
+pub fn published(keys: &[KeyInfo], now: DateTime<Utc>) -> Vec<&KeyInfo> {
+    keys.iter()
+        .filter(|k| match k.state {
+            KeyState::Next | KeyState::Active => true,
+            KeyState::Rotated => k.expires_at.is_none_or(|e| e > now),
+            KeyState::Revoked | KeyState::Expired => false,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+    }
+
+    /// Deterministic kids for tests: 43 characters, distinct per counter.
+    fn kid_maker() -> impl FnMut(Algorithm) -> Kid {
+        let mut n = 0u32;
+        move |_| {
+            n += 1;
+            Kid::parse(&format!("{n:0>43}")).unwrap()
+        }
+    }
+
+    fn boot(algs: &[Algorithm]) -> (Vec<KeyInfo>, impl FnMut(Algorithm) -> Kid) {
+        let mut keys = Vec::new();
+        let mut mk = kid_maker();
+        let plan = plan_bootstrap(&keys, algs);
+        apply(&mut keys, &plan, t0(), &mut mk);
+        (keys, mk)
+    }
+
+    fn check_invariants(keys: &[KeyInfo], enabled: &[Algorithm], now: DateTime<Utc>) {
+        for &alg in enabled {
+            let count = |s| keys.iter().filter(|k| k.alg == alg && k.state == s).count();
+            assert_eq!(count(KeyState::Active), 1, "{alg}: one active");
+            assert_eq!(count(KeyState::Next), 1, "{alg}: one next");
+        }
+        let published = published(keys, now);
+        assert!(published.iter().all(|k| k.state != KeyState::Revoked));
+        for k in keys {
+            if k.state == KeyState::Rotated {
+                // Invariant 4: a published rotated key outlives every token it signed.
+                let end = k.expires_at.expect("rotated keys have an end");
+                if let Some(exp) = k.last_token_exp {
+                    assert!(end >= exp, "{} unpublished before its tokens expire", k.kid);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kid_parse() {
+        assert!(Kid::parse("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs").is_ok());
+        assert!(Kid::parse("short").is_err());
+        assert!(Kid::parse("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9X=").is_err());
+    }
+
+    #[test]
+    fn bootstrap_creates_active_and_next_once() {
+        let (keys, _) = boot(&[Algorithm::EdDSA, Algorithm::RS256]);
+        assert_eq!(keys.len(), 4);
+        assert!(plan_bootstrap(&keys, &[Algorithm::EdDSA, Algorithm::RS256]).is_empty());
+        check_invariants(&keys, &[Algorithm::EdDSA, Algorithm::RS256], t0());
+    }
+
+    #[test]
+    fn rotate_promotes_next_and_retains_old_active() {
+        let (mut keys, mut mk) = boot(&[Algorithm::EdDSA]);
+        let old_active = keys[0].kid.clone();
+        let old_next = keys[1].kid.clone();
+        let plan = plan_rotate(&keys, Algorithm::EdDSA, t0(), Policy::default()).unwrap();
+        apply(&mut keys, &plan, t0(), &mut mk);
+        let state = |kid: &Kid| keys.iter().find(|k| &k.kid == kid).unwrap().state;
+        assert_eq!(state(&old_next), KeyState::Active);
+        assert_eq!(state(&old_active), KeyState::Rotated);
+        let rotated = keys.iter().find(|k| k.kid == old_active).unwrap();
+        assert_eq!(rotated.expires_at, Some(t0() + Duration::days(30)));
+        check_invariants(&keys, &[Algorithm::EdDSA], t0());
+    }
+
+    #[test]
+    fn rotated_key_outlives_tokens_signed_under_it() {
+        let (mut keys, _) = boot(&[Algorithm::EdDSA]);
+        let late = t0() + Duration::days(45);
+        keys[0].last_token_exp = Some(late);
+        let plan = plan_rotate(&keys, Algorithm::EdDSA, t0(), Policy::default()).unwrap();
+        assert_eq!(plan.transitions[1].expires_at, Some(late));
+    }
+
+    #[test]
+    fn revoking_active_promotes_next_in_the_same_plan() {
+        let (mut keys, mut mk) = boot(&[Algorithm::RS256]);
+        let active = keys[0].kid.clone();
+        let plan = plan_revoke(&keys, &active, t0(), Policy::default()).unwrap();
+        apply(&mut keys, &plan, t0(), &mut mk);
+        assert_eq!(keys[0].state, KeyState::Revoked);
+        assert_eq!(keys[1].state, KeyState::Active);
+        check_invariants(&keys, &[Algorithm::RS256], t0());
+        assert!(published(&keys, t0()).iter().all(|k| k.kid != active));
+    }
+
+    #[test]
+    fn revoking_twice_is_refused() {
+        let (mut keys, mut mk) = boot(&[Algorithm::RS256]);
+        let next = keys[1].kid.clone();
+        let plan = plan_revoke(&keys, &next, t0(), Policy::default()).unwrap();
+        apply(&mut keys, &plan, t0(), &mut mk);
+        assert_eq!(
+            plan_revoke(&keys, &next, t0(), Policy::default()),
+            Err(PlanError::NotRevocable {
+                kid: next,
+                state: KeyState::Revoked
+            })
+        );
+        let unknown = Kid::parse(&"x".repeat(43)).unwrap();
+        assert_eq!(
+            plan_revoke(&keys, &unknown, t0(), Policy::default()),
+            Err(PlanError::UnknownKid(unknown))
+        );
+    }
+
+    #[test]
+    fn rotate_and_revoke_replaces_both() {
+        let (mut keys, mut mk) = boot(&[Algorithm::ES256]);
+        let plan = plan_rotate_and_revoke(&keys, Algorithm::ES256).unwrap();
+        apply(&mut keys, &plan, t0(), &mut mk);
+        assert_eq!(keys[0].state, KeyState::Revoked);
+        assert_eq!(keys[1].state, KeyState::Revoked);
+        check_invariants(&keys, &[Algorithm::ES256], t0());
+    }
+
+    #[test]
+    fn the_rotated_cap_expires_the_oldest_early() {
+        let (mut keys, mut mk) = boot(&[Algorithm::EdDSA]);
+        let policy = Policy::default();
+        let mut now = t0();
+        for _ in 0..policy.max_rotated {
+            let plan = plan_rotate(&keys, Algorithm::EdDSA, now, policy).unwrap();
+            assert!(plan.transitions.iter().all(|t| !t.early));
+            apply(&mut keys, &plan, now, &mut mk);
+            now += Duration::hours(1);
+        }
+        let first = keys[0].kid.clone();
+        let plan = plan_rotate(&keys, Algorithm::EdDSA, now, policy).unwrap();
+        let early: Vec<_> = plan.transitions.iter().filter(|t| t.early).collect();
+        assert_eq!(early.len(), 1);
+        assert_eq!(early[0].kid, first);
+    }
+
+    #[test]
+    fn expiry_ends_publication_at_the_planned_time() {
+        let (mut keys, mut mk) = boot(&[Algorithm::EdDSA]);
+        let plan = plan_rotate(&keys, Algorithm::EdDSA, t0(), Policy::default()).unwrap();
+        apply(&mut keys, &plan, t0(), &mut mk);
+        assert!(plan_expiry(&keys, t0() + Duration::days(29)).is_empty());
+        let end = t0() + Duration::days(30);
+        let plan = plan_expiry(&keys, end);
+        assert_eq!(plan.transitions.len(), 1);
+        apply(&mut keys, &plan, end, &mut mk);
+        assert_eq!(published(&keys, end).len(), 2);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Rotate(usize),
+        RotateAndRevoke(usize),
+        Revoke(usize),
+        Sign(usize, u32),
+        Advance(u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0usize..3).prop_map(Op::Rotate),
+            (0usize..3).prop_map(Op::RotateAndRevoke),
+            (0usize..64).prop_map(Op::Revoke),
+            (0usize..64, 1u32..2_000).prop_map(|(i, h)| Op::Sign(i, h)),
+            (1u32..2_000).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn invariants_hold_after_any_sequence(ops in proptest::collection::vec(op(), 1..60)) {
+            let enabled = [Algorithm::EdDSA, Algorithm::RS256, Algorithm::ES256];
+            let policy = Policy { retention: Retention::parse("7d").unwrap(), max_rotated: 3 };
+            let (mut keys, mut mk) = boot(&enabled);
+            let mut now = t0();
+            for op in ops {
+                match op {
+                    Op::Rotate(i) => {
+                        let plan = plan_rotate(&keys, enabled[i], now, policy).unwrap();
+                        apply(&mut keys, &plan, now, &mut mk);
+                    }
+                    Op::RotateAndRevoke(i) => {
+                        let plan = plan_rotate_and_revoke(&keys, enabled[i]).unwrap();
+                        apply(&mut keys, &plan, now, &mut mk);
+                    }
+                    Op::Revoke(i) => {
+                        let kid = keys[i % keys.len()].kid.clone();
+                        match plan_revoke(&keys, &kid, now, policy) {
+                            Ok(plan) => apply(&mut keys, &plan, now, &mut mk),
+                            Err(PlanError::NotRevocable { .. }) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    Op::Sign(i, hours) => {
+                        // Only the active key signs; the token lives less than retention.
+                        let alg = enabled[i % enabled.len()];
+                        let exp = now + Duration::hours(i64::from(hours % 160));
+                        if let Some(k) = keys.iter_mut().find(|k| k.alg == alg && k.state == KeyState::Active) {
+                            k.last_token_exp = Some(k.last_token_exp.map_or(exp, |e| e.max(exp)));
+                        }
+                    }
+                    Op::Advance(hours) => {
+                        now += Duration::hours(i64::from(hours));
+                        let plan = plan_expiry(&keys, now);
+                        apply(&mut keys, &plan, now, &mut mk);
+                    }
+                }
+                check_invariants(&keys, &enabled, now);
+                for alg in enabled {
+                    let rotated = keys.iter().filter(|k| k.alg == alg && k.state == KeyState::Rotated).count();
+                    prop_assert!(rotated <= policy.max_rotated);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Key generation, public JWKs, signing and sealing.
+//!
+//! Private-key work for RSA and ECDSA goes through aws-lc-rs (never the `rsa` crate:
+//! RUSTSEC-2023-0071), Ed25519 through ed25519-dalek. A signing key is parsed once into a
+//! [`Signer`] and kept; nothing re-parses a private key per token. Every type that holds
+//! private material has a redacted `Debug` and wipes its bytes on drop.
+
+use crate::domain::{Algorithm, Kid, RsaBits};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::encoding::AsDer as _;
+use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{
+    self, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, RsaKeyPair,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use zeroize::Zeroizing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("key generation failed for {0}")]
+    Generate(Algorithm),
+    #[error("stored private key for {0} could not be parsed")]
+    Parse(Algorithm),
+    #[error("signing failed")]
+    Sign,
+    #[error("sealing failed")]
+    Seal,
+    /// Wrong KEK, a tampered blob, or a blob moved to another key id.
+    #[error(
+        "a sealed private key could not be opened (wrong key-encryption key, or the row was altered)"
+    )]
+    Open,
+}
+
+/// The public half of a key as a JWK. Built only from public components, so it cannot
+/// carry a private parameter whatever the caller does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicJwk {
+    pub kty: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crv: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+    pub kid: String,
+    #[serde(rename = "use")]
+    pub use_: String,
+    pub alg: String,
+}
+
+impl PublicJwk {
+    fn new(alg: Algorithm, kty: &str) -> Self {
+        Self {
+            kty: kty.to_string(),
+            crv: None,
+            x: None,
+            y: None,
+            n: None,
+            e: None,
+            kid: String::new(),
+            use_: "sig".to_string(),
+            alg: alg.as_str().to_string(),
+        }
+    }
+
+    /// RFC 7638 thumbprint: SHA-256 over the required members in lexicographic order,
+    /// without whitespace, base64url-encoded.
+    pub fn thumbprint(&self) -> Kid {
+        let s = |v: &Option<String>| v.clone().unwrap_or_default();
+        let canonical = match self.kty.as_str() {
+            "RSA" => format!(
+                r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+                s(&self.e),
+                s(&self.n)
+            ),
+            "EC" => format!(
+                r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+                s(&self.crv),
+                s(&self.x),
+                s(&self.y)
+            ),
+            _ => format!(
+                r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
+                s(&self.crv),
+                s(&self.x)
+            ),
+        };
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+        Kid::parse(&B64.encode(digest.as_ref()))
+            .unwrap_or_else(|e| unreachable!("a SHA-256 thumbprint is a valid kid: {e}"))
+    }
+}
+
+/// Private key bytes: PKCS#8 DER for RSA and ECDSA, the 32-byte seed for Ed25519.
+/// Wiped on drop; never printed.
+pub struct PrivateKey(Zeroizing<Vec<u8>>);
+
+impl PrivateKey {
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PrivateKey(REDACTED)")
+    }
+}
+
+/// A freshly generated key pair.
+#[derive(Debug)]
+pub struct GeneratedKey {
+    pub kid: Kid,
+    pub alg: Algorithm,
+    pub jwk: PublicJwk,
+    pub private: PrivateKey,
+}
+
+/// Generates a key pair. CPU-heavy for RSA (tens to hundreds of milliseconds): call it
+/// from a blocking thread.
+pub fn generate(alg: Algorithm, rsa_bits: RsaBits) -> Result<GeneratedKey, CryptoError> {
+    let (mut jwk, private) = match alg {
+        Algorithm::EdDSA => {
+            let mut seed = Zeroizing::new([0u8; 32]);
+            SystemRandom::new()
+                .fill(seed.as_mut())
+                .map_err(|_| CryptoError::Generate(alg))?;
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+            let mut jwk = PublicJwk::new(alg, "OKP");
+            jwk.crv = Some("Ed25519".into());
+            jwk.x = Some(B64.encode(key.verifying_key().as_bytes()));
+            (jwk, PrivateKey::from_bytes(seed.to_vec()))
+        }
+        Algorithm::ES256 => {
+            let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+                .map_err(|_| CryptoError::Generate(alg))?;
+            let der = pair.to_pkcs8v1().map_err(|_| CryptoError::Generate(alg))?;
+            let point = pair.public_key().as_ref();
+            // Uncompressed SEC1 point: 0x04 || x (32 bytes) || y (32 bytes).
+            let mut jwk = PublicJwk::new(alg, "EC");
+            jwk.crv = Some("P-256".into());
+            jwk.x = Some(B64.encode(&point[1..33]));
+            jwk.y = Some(B64.encode(&point[33..65]));
+            (jwk, PrivateKey::from_bytes(der.as_ref().to_vec()))
+        }
+        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 => {
+            let size = match rsa_bits {
+                RsaBits::B2048 => KeySize::Rsa2048,
+                RsaBits::B3072 => KeySize::Rsa3072,
+                RsaBits::B4096 => KeySize::Rsa4096,
+            };
+            let pair = RsaKeyPair::generate(size).map_err(|_| CryptoError::Generate(alg))?;
+            let der = pair.as_der().map_err(|_| CryptoError::Generate(alg))?;
+            let public = pair.public_key();
+            let mut jwk = PublicJwk::new(alg, "RSA");
+            jwk.n = Some(B64.encode(public.modulus().big_endian_without_leading_zero()));
+            jwk.e = Some(B64.encode(public.exponent().big_endian_without_leading_zero()));
+            (jwk, PrivateKey::from_bytes(der.as_ref().to_vec()))
+        }
+    };
+    let kid = jwk.thumbprint();
+    jwk.kid = kid.to_string();
+    Ok(GeneratedKey {
+        kid,
+        alg,
+        jwk,
+        private,
+    })
+}
+
+/// A parsed signing key, ready to sign many tokens.
+pub enum Signer {
+    Ed25519(Box<ed25519_dalek::SigningKey>),
+    Ecdsa(EcdsaKeyPair),
+    Rsa(RsaKeyPair, &'static dyn signature::RsaEncoding),
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Signer(REDACTED)")
+    }
+}
+
+impl Signer {
+    pub fn parse(alg: Algorithm, private: &PrivateKey) -> Result<Self, CryptoError> {
+        let bytes = private.as_bytes();
+        let err = || CryptoError::Parse(alg);
+        Ok(match alg {
+            Algorithm::EdDSA => {
+                let seed: [u8; 32] = bytes.try_into().map_err(|_| err())?;
+                let seed = Zeroizing::new(seed);
+                Signer::Ed25519(Box::new(ed25519_dalek::SigningKey::from_bytes(&seed)))
+            }
+            Algorithm::ES256 => Signer::Ecdsa(
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, bytes)
+                    .map_err(|_| err())?,
+            ),
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 => {
+                let encoding: &'static dyn signature::RsaEncoding = match alg {
+                    Algorithm::RS384 => &signature::RSA_PKCS1_SHA384,
+                    Algorithm::RS512 => &signature::RSA_PKCS1_SHA512,
+                    Algorithm::PS256 => &signature::RSA_PSS_SHA256,
+                    _ => &signature::RSA_PKCS1_SHA256,
+                };
+                Signer::Rsa(RsaKeyPair::from_pkcs8(bytes).map_err(|_| err())?, encoding)
+            }
+        })
+    }
+
+    /// The JWS signature of `message` (for ECDSA: the fixed-size `r || s` form JWS uses).
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        match self {
+            Signer::Ed25519(key) => {
+                use ed25519_dalek::Signer as _;
+                Ok(key.sign(message).to_bytes().to_vec())
+            }
+            Signer::Ecdsa(pair) => pair
+                .sign(&SystemRandom::new(), message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| CryptoError::Sign),
+            Signer::Rsa(pair, encoding) => {
+                let mut sig = vec![0u8; pair.public_modulus_len()];
+                pair.sign(*encoding, &SystemRandom::new(), message, &mut sig)
+                    .map_err(|_| CryptoError::Sign)?;
+                Ok(sig)
+            }
+        }
+    }
+}
+
+/// Seals private key bytes under a KEK with AES-256-GCM. The kid is the associated data:
+/// a sealed blob copied to another row does not open. Output: nonce || ciphertext || tag.
+pub fn seal(kek: &[u8; 32], kid: &Kid, private: &PrivateKey) -> Result<Vec<u8>, CryptoError> {
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, kek).map_err(|_| CryptoError::Seal)?);
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| CryptoError::Seal)?;
+    let mut in_out = private.as_bytes().to_vec();
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(kid.as_str().as_bytes()),
+        &mut in_out,
+    )
+    .map_err(|_| CryptoError::Seal)?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&in_out);
+    Ok(out)
+}
+
+/// Opens what [`seal`] produced.
+pub fn open(kek: &[u8; 32], kid: &Kid, sealed: &[u8]) -> Result<PrivateKey, CryptoError> {
+    if sealed.len() < NONCE_LEN {
+        return Err(CryptoError::Open);
+    }
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, kek).map_err(|_| CryptoError::Open)?);
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Open)?;
+    let mut buf = Zeroizing::new(ciphertext.to_vec());
+    let plain = key
+        .open_in_place(nonce, Aad::from(kid.as_str().as_bytes()), &mut buf)
+        .map_err(|_| CryptoError::Open)?;
+    Ok(PrivateKey::from_bytes(plain.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRIVATE_PARAMS: [&str; 6] = ["d", "p", "q", "dp", "dq", "qi"];
+
+    #[test]
+    fn every_algorithm_generates_signs_and_exports_only_public_parameters() {
+        for alg in Algorithm::ALL {
+            let key = generate(alg, RsaBits::B2048).unwrap();
+            let json = serde_json::to_value(&key.jwk).unwrap();
+            let obj = json.as_object().unwrap();
+            for p in PRIVATE_PARAMS {
+                assert!(!obj.contains_key(p), "{alg}: JWK has private parameter {p}");
+            }
+            assert_eq!(obj["kid"], key.kid.as_str());
+            assert_eq!(obj["use"], "sig");
+            assert_eq!(obj["alg"], alg.as_str());
+            assert_eq!(key.jwk.thumbprint(), key.kid);
+
+            let signer = Signer::parse(alg, &key.private).unwrap();
+            let sig = signer.sign(b"header.payload").unwrap();
+            assert!(!sig.is_empty());
+            assert!(!format!("{key:?}{signer:?}").contains(&B64.encode(key.private.as_bytes())));
+        }
+    }
+
+    #[test]
+    fn rfc7638_example_thumbprint() {
+        // The RSA key of RFC 7638, section 3.1.
+        let mut jwk = PublicJwk::new(Algorithm::RS256, "RSA");
+        jwk.e = Some("AQAB".into());
+        jwk.n = Some(
+            "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+                .into(),
+        );
+        assert_eq!(
+            jwk.thumbprint().as_str(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    #[test]
+    fn sealed_keys_open_only_under_the_same_kek_and_kid() {
+        let key = generate(Algorithm::EdDSA, RsaBits::B2048).unwrap();
+        let kek = [7u8; 32];
+        let sealed = seal(&kek, &key.kid, &key.private).unwrap();
+        assert!(!sealed.windows(32).any(|w| w == key.private.as_bytes()));
+        assert_eq!(
+            open(&kek, &key.kid, &sealed).unwrap().as_bytes(),
+            key.private.as_bytes()
+        );
+
+        let other = generate(Algorithm::EdDSA, RsaBits::B2048).unwrap();
+        assert!(matches!(
+            open(&kek, &other.kid, &sealed),
+            Err(CryptoError::Open)
+        ));
+        assert!(matches!(
+            open(&[8u8; 32], &key.kid, &sealed),
+            Err(CryptoError::Open)
+        ));
+        let mut tampered = sealed.clone();
+        tampered[NONCE_LEN] ^= 1;
+        assert!(matches!(
+            open(&kek, &key.kid, &tampered),
+            Err(CryptoError::Open)
+        ));
+        assert!(matches!(
+            open(&kek, &key.kid, &sealed[..4]),
+            Err(CryptoError::Open)
+        ));
+    }
+}
