@@ -4,12 +4,15 @@
 //! Output convention: what a script may want to capture goes to stdout; messages and logs
 //! go to stderr.
 
+use crate::domain::{Algorithm, Kid};
 use crate::server::config::Config;
+use crate::server::keys::{Actor, KeyService};
 use crate::server::startup::{self, Application, ServeOptions};
-use crate::server::{storage, telemetry};
+use crate::server::{audit, startup as start, storage, telemetry};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Debug, Parser)]
 #[command(name = "signet", version, about = "JWT signing keys, done right")]
@@ -36,6 +39,46 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Rotate the keys of every enabled algorithm, or of one.
+    Rotate {
+        /// Only this algorithm (e.g. EdDSA, RS256).
+        #[arg(long, value_name = "ALG")]
+        alg: Option<String>,
+        /// Revoke the old active and next keys instead of retiring them (suspected
+        /// compromise). Requires --reason.
+        #[arg(long, requires = "reason")]
+        revoke: bool,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Revoke one key; it leaves the JWKS at once.
+    Revoke {
+        /// The key id.
+        kid: String,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List the keys and their states.
+    Keys {
+        /// Print JSON (the same shape as GET /api/v1/keys).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-wrap every stored private key under the active key-encryption key.
+    Reencrypt,
+    /// Work with the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; report the first broken link.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +114,17 @@ pub async fn run() -> ExitCode {
             eprintln!("signet: configuration is valid");
             Ok(())
         }
+        Command::Rotate {
+            alg,
+            revoke,
+            reason,
+        } => rotate(config, alg, revoke, reason).await,
+        Command::Revoke { kid, reason } => revoke(config, kid, reason).await,
+        Command::Keys { json } => keys(config, json).await,
+        Command::Reencrypt => reencrypt(config).await,
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => audit_verify(config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,4 +153,126 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
         config.database_url.redacted()
     );
     Ok(())
+}
+
+/// Opens the database and the key service the way `serve` does (SQLite is migrated,
+/// PostgreSQL must be), and makes sure every enabled algorithm has its keys.
+async fn open_keys(config: Config) -> anyhow::Result<(Arc<KeyService>, Arc<dyn storage::Storage>)> {
+    let (storage, keyring) = start::open(&config, ServeOptions::default()).await?;
+    let keys = Arc::new(KeyService::new(
+        storage.clone(),
+        Arc::new(keyring),
+        Arc::new(config),
+    ));
+    keys.bootstrap(&Actor::cli()).await?;
+    Ok((keys, storage))
+}
+
+async fn rotate(
+    config: Config,
+    alg: Option<String>,
+    revoke: bool,
+    reason: Option<String>,
+) -> anyhow::Result<()> {
+    let alg = alg.map(|a| Algorithm::parse(&a)).transpose()?;
+    let (keys, storage) = open_keys(config).await?;
+    let plan = keys.rotate(alg, revoke, reason, &Actor::cli()).await?;
+    storage.close().await;
+    for t in &plan.transitions {
+        if t.from == t.to {
+            eprintln!("signet: {} {} created as {}", t.alg, t.kid, t.to);
+        } else {
+            eprintln!("signet: {} {} {} -> {}", t.alg, t.kid, t.from, t.to);
+        }
+    }
+    Ok(())
+}
+
+async fn revoke(config: Config, kid: String, reason: String) -> anyhow::Result<()> {
+    let kid = Kid::parse(&kid)?;
+    if reason.trim().is_empty() {
+        anyhow::bail!("--reason must not be empty");
+    }
+    let (keys, storage) = open_keys(config).await?;
+    keys.revoke(&kid, reason, &Actor::cli()).await?;
+    storage.close().await;
+    eprintln!("signet: revoked {kid}");
+    Ok(())
+}
+
+async fn keys(config: Config, json: bool) -> anyhow::Result<()> {
+    let (keys, storage) = open_keys(config).await?;
+    let list = storage.list_keys().await?;
+    storage.close().await;
+    drop(keys);
+    if json {
+        let keys: Vec<serde_json::Value> = list
+            .iter()
+            .map(|k| {
+                let jwk: serde_json::Value =
+                    serde_json::from_str(&k.public_jwk).unwrap_or(serde_json::Value::Null);
+                serde_json::json!({
+                    "kid": k.info.kid,
+                    "alg": k.info.alg,
+                    "state": k.info.state,
+                    "created_at": k.info.created_at,
+                    "activated_at": k.info.activated_at,
+                    "rotated_at": k.info.rotated_at,
+                    "revoked_at": k.info.revoked_at,
+                    "expires_at": k.info.expires_at,
+                    "jwk": jwk,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "keys": keys }))?
+        );
+    } else {
+        println!(
+            "{:<7} {:<8} {:<44} {:<20} {}",
+            "ALG", "STATE", "KID", "CREATED", "PUBLISHED UNTIL"
+        );
+        for k in &list {
+            let until = match k.info.state {
+                crate::domain::KeyState::Rotated => k
+                    .info
+                    .expires_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                    .unwrap_or_default(),
+                crate::domain::KeyState::Next | crate::domain::KeyState::Active => "-".into(),
+                _ => "not published".into(),
+            };
+            println!(
+                "{:<7} {:<8} {:<44} {:<20} {}",
+                k.info.alg,
+                k.info.state,
+                k.info.kid,
+                k.info.created_at.format("%Y-%m-%d %H:%M"),
+                until
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn reencrypt(config: Config) -> anyhow::Result<()> {
+    let (keys, storage) = open_keys(config).await?;
+    let count = keys.reencrypt(&Actor::cli()).await?;
+    storage.close().await;
+    eprintln!("signet: {count} key(s) re-encrypted under the active key-encryption key");
+    Ok(())
+}
+
+async fn audit_verify(config: Config) -> anyhow::Result<()> {
+    let (storage, _) = start::open(&config, ServeOptions::default()).await?;
+    let (events, head_id, head_hash) = storage.audit_chain().await?;
+    storage.close().await;
+    match audit::verify_chain(&events, head_id, &head_hash) {
+        Ok(n) => {
+            println!("ok: {n} events, hash chain intact");
+            Ok(())
+        }
+        Err(e) => anyhow::bail!("audit log is broken: {e}"),
+    }
 }

@@ -1,8 +1,8 @@
 //! `GET /health/live` and `GET /health/ready`.
 //!
 //! Liveness says the process answers HTTP at all. Readiness says this instance can do its
-//! job: today that means its database answers; later checks (keys loaded, JWKS built)
-//! join the same list. A load balancer takes an instance out of rotation on 503.
+//! job: its database answers, and every enabled algorithm has an active key loaded (so
+//! the JWKS is built and tokens can be signed). A load balancer takes an instance out of rotation on 503.
 
 use crate::server::state::AppState;
 use axum::extract::State;
@@ -59,7 +59,24 @@ async fn ready(State(state): State<AppState>) -> Response {
             error: Some("no answer within 2 s".into()),
         },
     };
-    let checks = vec![database];
+    let keys = if state
+        .keys
+        .snapshot()
+        .complete(state.config.algorithms.as_slice())
+    {
+        Check {
+            name: "keys",
+            ok: true,
+            error: None,
+        }
+    } else {
+        Check {
+            name: "keys",
+            ok: false,
+            error: Some("not every enabled algorithm has an active key loaded".into()),
+        }
+    };
+    let checks = vec![database, keys];
     let ok = checks.iter().all(|c| c.ok);
     let status = if ok {
         StatusCode::OK

@@ -7,10 +7,12 @@ pub mod config;
 pub mod crypto;
 pub mod health;
 pub mod kek;
+pub mod keys;
 pub mod startup;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod wellknown;
 
 pub use config::Config;
 pub use startup::{Application, ServeOptions};

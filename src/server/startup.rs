@@ -5,9 +5,12 @@ use crate::app::{App, shell};
 use crate::server::config::{Backend, Config, KekSource};
 use crate::server::health;
 use crate::server::kek::{self, KekError, Keyring};
+use crate::server::keys::{Actor, KeyError, KeyService};
 use crate::server::state::AppState;
 use crate::server::storage::{self, PendingMigration, Storage, StorageError};
+use crate::server::wellknown;
 use axum::Router;
+use chrono::Utc;
 use leptos::prelude::LeptosOptions;
 use leptos_axum::{LeptosRoutes as _, generate_route_list};
 use std::future::Future;
@@ -40,6 +43,8 @@ pub enum StartupError {
     PendingMigrations(Vec<PendingMigration>),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] KeyError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
 }
@@ -63,17 +68,16 @@ impl Application {
     /// Prepares everything `serve` needs, in order: data directory, KEK, database and its
     /// schema, listener. Any failure stops here, before a single request is accepted.
     pub async fn build(config: Config, options: ServeOptions) -> Result<Self, StartupError> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| StartupError::DataDir(config.data_dir.clone(), e))?;
-        let keyring = load_keyring(&config)?;
-
-        let storage = storage::connect(&config.database_url)
-            .await
-            .map_err(|source| StartupError::Connect {
-                url: config.database_url.redacted(),
-                source,
-            })?;
-        prepare_schema(storage.as_ref(), options).await?;
+        let (storage, keyring) = open(&config, options).await?;
+        let config = Arc::new(config);
+        let keyring = Arc::new(keyring);
+        let keys = Arc::new(KeyService::new(
+            storage.clone(),
+            keyring.clone(),
+            config.clone(),
+        ));
+        keys.bootstrap(&Actor::system()).await?;
+        keys.expire(Utc::now()).await?;
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -83,9 +87,10 @@ impl Application {
             .map_err(|e| StartupError::Bind(config.listen, e))?;
 
         let state = AppState {
-            config: Arc::new(config),
+            config,
             storage,
-            keyring: Arc::new(keyring),
+            keyring,
+            keys,
             leptos_options: leptos_options(addr),
         };
         let router = router(state.clone());
@@ -118,16 +123,42 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let storage = self.state.storage.clone();
-        axum::serve(
+        let background = [
+            tokio::spawn(watch_keys(self.state.keys.clone())),
+            tokio::spawn(housekeeping(self.state.keys.clone())),
+        ];
+        let served = axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
+        for task in background {
+            task.abort();
+        }
         storage.close().await;
-        Ok(())
+        served
     }
+}
+
+/// What every command that touches the database does first: data directory, KEK,
+/// connection, and schema (migrated on SQLite; on PostgreSQL only with `--migrate`).
+pub async fn open(
+    config: &Config,
+    options: ServeOptions,
+) -> Result<(Arc<dyn Storage>, Keyring), StartupError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StartupError::DataDir(config.data_dir.clone(), e))?;
+    let keyring = load_keyring(config)?;
+    let storage = storage::connect(&config.database_url)
+        .await
+        .map_err(|source| StartupError::Connect {
+            url: config.database_url.redacted(),
+            source,
+        })?;
+    prepare_schema(storage.as_ref(), options).await?;
+    Ok((storage, keyring))
 }
 
 fn load_keyring(config: &Config) -> Result<Keyring, KekError> {
@@ -210,12 +241,45 @@ fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
     Router::new()
         .merge(health::router())
+        .merge(wellknown::router())
         .leptos_routes(&state, routes, {
             let options = state.leptos_options.clone();
             move || shell(options.clone())
         })
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .with_state(state)
+}
+
+/// How often each instance checks whether another process changed the keys.
+const KEY_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often housekeeping (expiry of rotated keys) runs.
+const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Keeps this instance's key snapshot current when another instance or the CLI changes
+/// the keys: a cheap version read twice a second.
+pub async fn watch_keys(keys: Arc<KeyService>) {
+    let mut tick = tokio::time::interval(KEY_POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match keys.reload_if_changed().await {
+            Ok(true) => tracing::info!("keys changed elsewhere; reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot check for key changes"),
+        }
+    }
+}
+
+/// Expires rotated keys whose publication has ended, every minute.
+pub async fn housekeeping(keys: Arc<KeyService>) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = keys.expire(Utc::now()).await {
+            tracing::warn!(error = %e, "housekeeping failed");
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

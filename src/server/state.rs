@@ -2,6 +2,7 @@
 
 use crate::server::config::Config;
 use crate::server::kek::Keyring;
+use crate::server::keys::KeyService;
 use crate::server::storage::Storage;
 use axum::extract::FromRef;
 use leptos::prelude::LeptosOptions;
@@ -12,6 +13,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub storage: Arc<dyn Storage>,
     pub keyring: Arc<Keyring>,
+    pub keys: Arc<KeyService>,
     pub leptos_options: LeptosOptions,
 }
 

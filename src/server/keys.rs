@@ -1,0 +1,581 @@
+//! The key service: the one business path for every lifecycle operation.
+//!
+//! Server functions, REST handlers, the CLI and housekeeping all call these methods. Each
+//! operation asks the domain planner what changes, generates any fresh keys off the async
+//! threads, seals them, and hands the storage one [`KeyChange`] to apply in a single
+//! transaction with its audit events. When another writer got there first, the operation
+//! re-reads the keys and plans again.
+//!
+//! The service also keeps a [`KeySnapshot`] in memory: the published JWKS as precomputed
+//! bytes with an ETag, and a parsed signer per active key.
+
+use crate::domain::audit::{Level, Trigger, kind};
+use crate::domain::lifecycle::{self, PlanError, Policy};
+use crate::domain::{Algorithm, KeyInfo, KeyState, Kid, Plan};
+use crate::server::audit::{self, NewEvent};
+use crate::server::config::Config;
+use crate::server::crypto::{self, CryptoError, PublicJwk, Signer};
+use crate::server::kek::Keyring;
+use crate::server::storage::{KeyChange, NewKey, Resealed, Storage, StorageError, StoredKey};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// How many times an operation re-plans after losing a race before giving up.
+const MAX_ATTEMPTS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("stored key {0} was sealed with key-encryption key '{1}', which is not configured")]
+    MissingKek(Kid, String),
+    #[error("the keys kept changing concurrently; try again")]
+    Busy,
+}
+
+/// Who asked for a change, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub trigger: Trigger,
+    pub source: Option<String>,
+}
+
+impl Actor {
+    pub fn cli() -> Self {
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        Self {
+            name: format!("cli:{user}"),
+            trigger: Trigger::Cli,
+            source: None,
+        }
+    }
+
+    /// Signet itself, for what happens at start (first keys, catch-up).
+    pub fn system() -> Self {
+        Self {
+            name: "system".into(),
+            trigger: Trigger::Scheduler,
+            source: None,
+        }
+    }
+
+    pub fn scheduler() -> Self {
+        Self {
+            name: "scheduler".into(),
+            trigger: Trigger::Scheduler,
+            source: None,
+        }
+    }
+}
+
+/// One published key, ready to serve or sign with.
+pub struct ActiveSigner {
+    pub kid: Kid,
+    pub alg: Algorithm,
+    pub signer: Signer,
+}
+
+/// What every request reads: built once per change of the keys.
+pub struct KeySnapshot {
+    pub version: i64,
+    pub keys: Vec<KeyInfo>,
+    pub jwks: Vec<u8>,
+    pub jwks_by_alg: HashMap<Algorithm, Vec<u8>>,
+    pub etag: String,
+    pub signers: HashMap<Algorithm, Arc<ActiveSigner>>,
+}
+
+impl KeySnapshot {
+    fn empty() -> Self {
+        Self {
+            version: -1,
+            keys: Vec::new(),
+            jwks: br#"{"keys":[]}"#.to_vec(),
+            jwks_by_alg: HashMap::new(),
+            etag: String::new(),
+            signers: HashMap::new(),
+        }
+    }
+
+    /// True when every enabled algorithm has an active key with its signer loaded.
+    pub fn complete(&self, enabled: &[Algorithm]) -> bool {
+        self.version >= 0 && enabled.iter().all(|a| self.signers.contains_key(a))
+    }
+}
+
+pub struct KeyService {
+    storage: Arc<dyn Storage>,
+    keyring: Arc<Keyring>,
+    config: Arc<Config>,
+    snapshot: RwLock<Arc<KeySnapshot>>,
+}
+
+impl KeyService {
+    pub fn new(storage: Arc<dyn Storage>, keyring: Arc<Keyring>, config: Arc<Config>) -> Self {
+        Self {
+            storage,
+            keyring,
+            config,
+            snapshot: RwLock::new(Arc::new(KeySnapshot::empty())),
+        }
+    }
+
+    pub fn policy(&self) -> Policy {
+        Policy {
+            retention: self.config.retention,
+            ..Policy::default()
+        }
+    }
+
+    pub fn enabled(&self) -> &[Algorithm] {
+        self.config.algorithms.as_slice()
+    }
+
+    /// The current in-memory view. Cheap: clones an `Arc`.
+    pub fn snapshot(&self) -> Arc<KeySnapshot> {
+        self.snapshot
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Gives every enabled algorithm its active and next key (first start, or a newly
+    /// enabled algorithm). Safe to run from several instances at once.
+    pub async fn bootstrap(&self, actor: &Actor) -> Result<usize, KeyError> {
+        let enabled = self.enabled().to_vec();
+        let created = self
+            .execute(
+                |keys, _| Ok(lifecycle::plan_bootstrap(keys, &enabled)),
+                |plan, kids| {
+                    vec![event(
+                        Level::Info,
+                        kind::KEYS_CREATED,
+                        actor,
+                        kids,
+                        None,
+                        serde_json::json!({ "algorithms": enabled_names(&plan.generate) }),
+                    )]
+                },
+            )
+            .await?;
+        self.reload().await?;
+        Ok(created.map_or(0, |p| p.generate.len()))
+    }
+
+    /// Rotates one algorithm, or all enabled ones. With `revoke`, the old active and next
+    /// keys are revoked instead of retired (suspected compromise).
+    pub async fn rotate(
+        &self,
+        alg: Option<Algorithm>,
+        revoke: bool,
+        reason: Option<String>,
+        actor: &Actor,
+    ) -> Result<Plan, KeyError> {
+        let algs = match alg {
+            Some(a) if !self.enabled().contains(&a) => {
+                return Err(PlanError::NotEnabled(a).into());
+            }
+            Some(a) => vec![a],
+            None => self.enabled().to_vec(),
+        };
+        let policy = self.policy();
+        let plan = self
+            .execute(
+                |keys, now| {
+                    let mut plan = Plan::default();
+                    for &a in &algs {
+                        let p = if revoke {
+                            lifecycle::plan_rotate_and_revoke(keys, a)?
+                        } else {
+                            lifecycle::plan_rotate(keys, a, now, policy)?
+                        };
+                        plan.transitions.extend(p.transitions);
+                        plan.generate.extend(p.generate);
+                    }
+                    Ok(plan)
+                },
+                |plan, kids| {
+                    let mut events = Vec::new();
+                    if revoke {
+                        events.push(event(
+                            Level::Critical,
+                            kind::KEYS_REVOKED,
+                            actor,
+                            kids,
+                            reason.clone(),
+                            serde_json::json!({ "operation": "rotate_and_revoke", "algorithms": alg_names(&algs) }),
+                        ));
+                    } else {
+                        events.push(event(
+                            Level::Notice,
+                            kind::KEYS_ROTATED,
+                            actor,
+                            kids,
+                            reason.clone(),
+                            serde_json::json!({ "algorithms": alg_names(&algs) }),
+                        ));
+                    }
+                    events.extend(early_expiry_events(plan, actor));
+                    events
+                },
+            )
+            .await?;
+        self.reload().await?;
+        Ok(plan.unwrap_or_default())
+    }
+
+    /// Revokes one key. Revoking the active key promotes the next one in the same
+    /// transaction.
+    pub async fn revoke(&self, kid: &Kid, reason: String, actor: &Actor) -> Result<Plan, KeyError> {
+        let policy = self.policy();
+        let plan = self
+            .execute(
+                |keys, now| Ok(lifecycle::plan_revoke(keys, kid, now, policy)?),
+                |_, kids| {
+                    vec![event(
+                        Level::Warning,
+                        kind::KEYS_REVOKED,
+                        actor,
+                        kids,
+                        Some(reason.clone()),
+                        serde_json::json!({ "operation": "revoke", "kid": kid.as_str() }),
+                    )]
+                },
+            )
+            .await?;
+        self.reload().await?;
+        Ok(plan.unwrap_or_default())
+    }
+
+    /// Housekeeping: retires rotated keys whose publication has ended, destroying their
+    /// private halves. Idempotent; any instance may run it at any time.
+    pub async fn expire(&self, now: DateTime<Utc>) -> Result<usize, KeyError> {
+        let actor = Actor::scheduler();
+        let plan = self
+            .execute_at(
+                Some(now),
+                |keys, now| Ok(lifecycle::plan_expiry(keys, now)),
+                |_, kids| {
+                    vec![event(
+                        Level::Info,
+                        kind::KEYS_EXPIRED,
+                        &actor,
+                        kids,
+                        None,
+                        serde_json::json!({}),
+                    )]
+                },
+            )
+            .await?;
+        self.reload_if_changed().await?;
+        Ok(plan.map_or(0, |p| p.transitions.len()))
+    }
+
+    /// Re-wraps every stored private key under the active KEK. Returns how many changed.
+    pub async fn reencrypt(&self, actor: &Actor) -> Result<usize, KeyError> {
+        let active = self.keyring.active();
+        let mut resealed = Vec::new();
+        for key in self.storage.list_keys().await? {
+            let (Some(sealed), Some(kek_id)) = (&key.sealed, &key.kek_id) else {
+                continue;
+            };
+            if kek_id == active.id() {
+                continue;
+            }
+            let private = self.open(&key.info.kid, kek_id, sealed)?;
+            resealed.push(Resealed {
+                kid: key.info.kid.clone(),
+                old_kek_id: kek_id.clone(),
+                sealed: crypto::seal(active.key_bytes(), &key.info.kid, &private)?,
+                kek_id: active.id().to_string(),
+            });
+        }
+        if resealed.is_empty() {
+            return Ok(0);
+        }
+        let ev = event(
+            Level::Notice,
+            kind::KEYS_REENCRYPTED,
+            actor,
+            resealed.iter().map(|r| r.kid.to_string()).collect(),
+            None,
+            serde_json::json!({ "kek": active.id() }),
+        );
+        self.storage.reseal_keys(&resealed, &ev).await?;
+        Ok(resealed.len())
+    }
+
+    /// Rebuilds the in-memory snapshot from the database.
+    pub async fn reload(&self) -> Result<(), KeyError> {
+        let version = self.storage.key_version().await?;
+        let keys = self.storage.list_keys().await?;
+        let snapshot = self.build_snapshot(version, keys)?;
+        if let Ok(mut slot) = self.snapshot.write() {
+            *slot = Arc::new(snapshot);
+        }
+        Ok(())
+    }
+
+    /// Reloads only when another writer (this process, another instance, the CLI) changed
+    /// the keys. Returns whether it reloaded.
+    pub async fn reload_if_changed(&self) -> Result<bool, KeyError> {
+        let version = self.storage.key_version().await?;
+        if version == self.snapshot().version {
+            return Ok(false);
+        }
+        self.reload().await?;
+        Ok(true)
+    }
+
+    fn build_snapshot(
+        &self,
+        version: i64,
+        stored: Vec<StoredKey>,
+    ) -> Result<KeySnapshot, KeyError> {
+        let now = Utc::now();
+        let infos: Vec<KeyInfo> = stored.iter().map(|k| k.info.clone()).collect();
+        let mut published: Vec<&StoredKey> = stored
+            .iter()
+            .filter(|k| lifecycle::published(std::slice::from_ref(&k.info), now).len() == 1)
+            .collect();
+        // Stable, useful order: by algorithm, then active, next, newest rotated.
+        published.sort_by_key(|k| {
+            let rank = match k.info.state {
+                KeyState::Active => 0,
+                KeyState::Next => 1,
+                _ => 2,
+            };
+            (k.info.alg, rank, std::cmp::Reverse(k.info.rotated_at))
+        });
+        let jwks_of = |keys: &[&StoredKey]| -> Result<Vec<u8>, KeyError> {
+            let jwks: Vec<PublicJwk> = keys
+                .iter()
+                .map(|k| serde_json::from_str(&k.public_jwk))
+                .collect::<Result<_, _>>()
+                .map_err(|e| StorageError::Corrupt(format!("public JWK: {e}")))?;
+            serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
+                .map_err(|e| StorageError::Corrupt(e.to_string()).into())
+        };
+        let jwks = jwks_of(&published)?;
+        let mut jwks_by_alg = HashMap::new();
+        for alg in Algorithm::ALL {
+            let of_alg: Vec<&StoredKey> = published
+                .iter()
+                .copied()
+                .filter(|k| k.info.alg == alg)
+                .collect();
+            jwks_by_alg.insert(alg, jwks_of(&of_alg)?);
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &jwks);
+        let etag = format!(
+            "\"{}\"",
+            digest.as_ref()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let mut signers = HashMap::new();
+        for key in stored.iter().filter(|k| k.info.state == KeyState::Active) {
+            let (Some(sealed), Some(kek_id)) = (&key.sealed, &key.kek_id) else {
+                return Err(StorageError::Corrupt(format!(
+                    "active key {} has no private key",
+                    key.info.kid
+                ))
+                .into());
+            };
+            let private = self.open(&key.info.kid, kek_id, sealed)?;
+            let signer = Signer::parse(key.info.alg, &private)?;
+            signers.insert(
+                key.info.alg,
+                Arc::new(ActiveSigner {
+                    kid: key.info.kid.clone(),
+                    alg: key.info.alg,
+                    signer,
+                }),
+            );
+        }
+        Ok(KeySnapshot {
+            version,
+            keys: infos,
+            jwks,
+            jwks_by_alg,
+            etag,
+            signers,
+        })
+    }
+
+    fn open(&self, kid: &Kid, kek_id: &str, sealed: &[u8]) -> Result<crypto::PrivateKey, KeyError> {
+        let kek = self
+            .keyring
+            .get(kek_id)
+            .ok_or_else(|| KeyError::MissingKek(kid.clone(), kek_id.to_string()))?;
+        Ok(crypto::open(kek.key_bytes(), kid, sealed)?)
+    }
+
+    async fn execute<P, E>(&self, plan: P, events: E) -> Result<Option<Plan>, KeyError>
+    where
+        P: Fn(&[KeyInfo], DateTime<Utc>) -> Result<Plan, KeyError>,
+        E: Fn(&Plan, Vec<String>) -> Vec<NewEvent>,
+    {
+        self.execute_at(None, plan, events).await
+    }
+
+    /// Plans against the stored keys, generates and seals fresh keys, and applies the
+    /// change in one transaction; on a lost race, starts over. `None` when the plan was
+    /// empty (nothing to do).
+    async fn execute_at<P, E>(
+        &self,
+        at: Option<DateTime<Utc>>,
+        plan: P,
+        events: E,
+    ) -> Result<Option<Plan>, KeyError>
+    where
+        P: Fn(&[KeyInfo], DateTime<Utc>) -> Result<Plan, KeyError>,
+        E: Fn(&Plan, Vec<String>) -> Vec<NewEvent>,
+    {
+        for _ in 0..MAX_ATTEMPTS {
+            let now = at.unwrap_or_else(audit::now);
+            let keys: Vec<KeyInfo> = self
+                .storage
+                .list_keys()
+                .await?
+                .into_iter()
+                .map(|k| k.info)
+                .collect();
+            let plan = plan(&keys, now)?;
+            if plan.is_empty() {
+                return Ok(None);
+            }
+            let new_keys = self.generate(&plan.generate).await?;
+            let kids = plan
+                .transitions
+                .iter()
+                .map(|t| t.kid.to_string())
+                .chain(new_keys.iter().map(|k| k.kid.to_string()))
+                .collect();
+            let events = events(&plan, kids);
+            let change = KeyChange {
+                now,
+                transitions: plan.transitions.clone(),
+                reason: events.first().and_then(|e| e.reason.clone()),
+                events,
+                new_keys,
+            };
+            match self.storage.apply_key_change(&change).await {
+                Ok(()) => {
+                    tracing::info!(
+                        transitions = change.transitions.len(),
+                        created = change.new_keys.len(),
+                        "keys changed"
+                    );
+                    return Ok(Some(plan_with_kids(plan, &change.new_keys)));
+                }
+                Err(StorageError::Conflict) => {
+                    tracing::debug!("key change lost a race; planning again");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(KeyError::Busy)
+    }
+
+    /// Generates and seals keys on blocking threads (RSA generation takes long).
+    async fn generate(&self, wanted: &[(Algorithm, KeyState)]) -> Result<Vec<NewKey>, KeyError> {
+        let mut out = Vec::with_capacity(wanted.len());
+        let kek = self.keyring.active().clone();
+        for &(alg, state) in wanted {
+            let bits = self.config.rsa_bits;
+            let kek = kek.clone();
+            let new_key = tokio::task::spawn_blocking(move || -> Result<NewKey, KeyError> {
+                let key = crypto::generate(alg, bits)?;
+                let sealed = crypto::seal(kek.key_bytes(), &key.kid, &key.private)?;
+                let public_jwk = serde_json::to_string(&key.jwk)
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                Ok(NewKey {
+                    kid: key.kid,
+                    alg,
+                    state,
+                    public_jwk,
+                    sealed,
+                    kek_id: kek.id().to_string(),
+                })
+            })
+            .await
+            .map_err(|_| CryptoError::Generate(alg))??;
+            out.push(new_key);
+        }
+        Ok(out)
+    }
+}
+
+/// The plan as applied, with the transitions of generated keys made explicit so callers
+/// can report the new kids.
+fn plan_with_kids(mut plan: Plan, new_keys: &[NewKey]) -> Plan {
+    plan.transitions
+        .extend(new_keys.iter().map(|k| lifecycle::Transition {
+            kid: k.kid.clone(),
+            alg: k.alg,
+            from: k.state,
+            to: k.state,
+            expires_at: None,
+            early: false,
+        }));
+    plan
+}
+
+fn alg_names(algs: &[Algorithm]) -> Vec<&'static str> {
+    algs.iter().map(|a| a.as_str()).collect()
+}
+
+fn enabled_names(generate: &[(Algorithm, KeyState)]) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = generate.iter().map(|(a, _)| a.as_str()).collect();
+    names.dedup();
+    names
+}
+
+fn early_expiry_events(plan: &Plan, actor: &Actor) -> Vec<NewEvent> {
+    let early: Vec<String> = plan
+        .transitions
+        .iter()
+        .filter(|t| t.early)
+        .map(|t| t.kid.to_string())
+        .collect();
+    if early.is_empty() {
+        return Vec::new();
+    }
+    vec![event(
+        Level::Warning,
+        kind::KEYS_EXPIRED_EARLY,
+        actor,
+        early,
+        Some("more rotated keys than the cap; the oldest stop being published early".into()),
+        serde_json::json!({}),
+    )]
+}
+
+fn event(
+    level: Level,
+    kind: &'static str,
+    actor: &Actor,
+    kids: Vec<String>,
+    reason: Option<String>,
+    details: serde_json::Value,
+) -> NewEvent {
+    NewEvent {
+        level,
+        kind,
+        actor: actor.name.clone(),
+        trigger: actor.trigger,
+        source: actor.source.clone(),
+        kids,
+        reason,
+        details,
+    }
+}
