@@ -230,8 +230,8 @@ async fn keys(config: Config, json: bool) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "{:<7} {:<8} {:<44} {:<20} {}",
-            "ALG", "STATE", "KID", "CREATED", "PUBLISHED UNTIL"
+            "{:<7} {:<8} {:<44} {:<20} PUBLISHED UNTIL",
+            "ALG", "STATE", "KID", "CREATED"
         );
         for k in &list {
             let until = match k.info.state {

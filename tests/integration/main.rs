@@ -6,4 +6,5 @@
 mod cli;
 mod health;
 mod helpers;
+mod keys;
 mod migrations;

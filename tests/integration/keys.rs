@@ -1,0 +1,473 @@
+//! The key lifecycle through the real server: JWKS, rotation, revocation, expiry,
+//! concurrency, encryption at rest and the audit chain, on both backends.
+
+use crate::helpers::{BACKENDS, Backend, TestApp, spawn_app};
+use chrono::{Duration, Utc};
+use reqwest::StatusCode;
+use signet::domain::{Algorithm, KeyState, Kid};
+use signet::server::audit;
+use signet::server::keys::Actor;
+use std::collections::BTreeSet;
+
+const PRIVATE_PARAMS: [&str; 6] = ["d", "p", "q", "dp", "dq", "qi"];
+
+async fn jwks(app: &TestApp) -> serde_json::Value {
+    let res = app.get("/.well-known/jwks.json").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json().await.unwrap()
+}
+
+fn kids_of(jwks: &serde_json::Value) -> BTreeSet<String> {
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// DESIGN.md invariants 1, 2 and 6 against the database and the served JWKS.
+async fn check_invariants(app: &TestApp) {
+    let keys = app.state.storage.list_keys().await.unwrap();
+    for alg in app.state.config.algorithms.as_slice() {
+        let count = |s: KeyState| {
+            keys.iter()
+                .filter(|k| k.info.alg == *alg && k.info.state == s)
+                .count()
+        };
+        assert_eq!(count(KeyState::Active), 1, "{alg}: exactly one active");
+        assert_eq!(count(KeyState::Next), 1, "{alg}: exactly one next");
+    }
+    let now = Utc::now();
+    let expected: BTreeSet<String> = keys
+        .iter()
+        .filter(|k| match k.info.state {
+            KeyState::Next | KeyState::Active => true,
+            KeyState::Rotated => k.info.expires_at.is_none_or(|e| e > now),
+            _ => false,
+        })
+        .map(|k| k.info.kid.to_string())
+        .collect();
+    let served = jwks(app).await;
+    assert_eq!(
+        kids_of(&served),
+        expected,
+        "JWKS is exactly next, active and unexpired rotated"
+    );
+    for key in served["keys"].as_array().unwrap() {
+        for p in PRIVATE_PARAMS {
+            assert!(key.get(p).is_none(), "JWKS carries private parameter {p}");
+        }
+    }
+    for k in &keys {
+        let has_private = k.sealed.is_some();
+        assert_eq!(
+            has_private,
+            k.info.state.keeps_private_key(),
+            "{}: private half",
+            k.info.kid
+        );
+    }
+    let (events, head_id, head_hash) = app.state.storage.audit_chain().await.unwrap();
+    audit::verify_chain(&events, head_id, &head_hash).unwrap();
+}
+
+fn active_kid(app: &TestApp, alg: Algorithm) -> Kid {
+    app.state.keys.snapshot().signers[&alg].kid.clone()
+}
+
+fn next_kid(app: &TestApp, alg: Algorithm) -> Kid {
+    app.state
+        .keys
+        .snapshot()
+        .keys
+        .iter()
+        .find(|k| k.alg == alg && k.state == KeyState::Next)
+        .unwrap()
+        .kid
+        .clone()
+}
+
+#[tokio::test]
+async fn jwks_publishes_active_and_next_with_caching_headers() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let res = app.get("/.well-known/jwks.json").await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let h = res.headers().clone();
+        assert_eq!(h["access-control-allow-origin"], "*");
+        let cache = h["cache-control"].to_str().unwrap();
+        assert!(cache.starts_with("public, max-age="), "{cache}");
+        assert!(cache.contains("stale-if-error"), "{cache}");
+        let max_age: i64 = cache["public, max-age=".len()..]
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((0..=300).contains(&max_age), "{max_age}");
+        let etag = h["etag"].to_str().unwrap().to_string();
+        let body: serde_json::Value = res.json().await.unwrap();
+        let keys = body["keys"].as_array().unwrap();
+        assert_eq!(
+            keys.len(),
+            4,
+            "{backend:?}: EdDSA and RS256, active and next"
+        );
+        for key in keys {
+            assert_eq!(key["use"], "sig");
+            assert!(["EdDSA", "RS256"].contains(&key["alg"].as_str().unwrap()));
+        }
+        check_invariants(&app).await;
+
+        let not_modified = app
+            .client
+            .get(app.at("/.well-known/jwks.json"))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+
+        let only: serde_json::Value = app
+            .get("/.well-known/jwks.json?alg=EdDSA")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(only["keys"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            app.get("/.well-known/jwks.json?alg=HS256").await.status(),
+            400
+        );
+
+        let discovery: serde_json::Value = app
+            .get("/.well-known/openid-configuration")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(discovery["issuer"], app.state.config.issuer());
+        assert_eq!(
+            discovery["jwks_uri"],
+            format!("{}/.well-known/jwks.json", app.state.config.issuer())
+        );
+        assert_eq!(
+            discovery["id_token_signing_alg_values_supported"],
+            serde_json::json!(["EdDSA", "RS256"])
+        );
+
+        let ready: serde_json::Value = app.get("/health/ready").await.json().await.unwrap();
+        assert_eq!(ready["checks"][1]["name"], "keys");
+        assert_eq!(ready["checks"][1]["ok"], true);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn rotation_promotes_the_prepublished_next_key() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let before = jwks(&app).await;
+        let old_active = active_kid(&app, Algorithm::EdDSA);
+        let next = next_kid(&app, Algorithm::EdDSA);
+        assert!(
+            kids_of(&before).contains(next.as_str()),
+            "next key is published before it signs"
+        );
+
+        app.state
+            .keys
+            .rotate(None, false, None, &Actor::cli())
+            .await
+            .unwrap();
+
+        assert_eq!(active_kid(&app, Algorithm::EdDSA), next);
+        let after = jwks(&app).await;
+        assert!(
+            kids_of(&after).contains(old_active.as_str()),
+            "rotated key stays published"
+        );
+        assert_eq!(kids_of(&after).len(), 6);
+        check_invariants(&app).await;
+
+        let events = app
+            .state
+            .storage
+            .list_events(&signet::server::storage::EventQuery {
+                kind: Some("keys.rotated".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].level, "notice");
+        assert_eq!(events[0].trigger, "cli");
+        assert!(events[0].kids.contains(&old_active.to_string()));
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn revocation_removes_the_key_from_the_jwks_at_once() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let active = active_kid(&app, Algorithm::RS256);
+        let next = next_kid(&app, Algorithm::RS256);
+        app.state
+            .keys
+            .revoke(&active, "leaked in a log".into(), &Actor::cli())
+            .await
+            .unwrap();
+        assert!(!kids_of(&jwks(&app).await).contains(active.as_str()));
+        assert_eq!(
+            active_kid(&app, Algorithm::RS256),
+            next,
+            "next promoted in the same change"
+        );
+        check_invariants(&app).await;
+
+        // A revoked key cannot be revoked again; an unknown one is not found.
+        let again = app
+            .state
+            .keys
+            .revoke(&active, "again".into(), &Actor::cli())
+            .await;
+        assert!(again.unwrap_err().to_string().contains("already revoked"));
+        let rows = app.state.storage.list_keys().await.unwrap();
+        let revoked = rows.iter().find(|k| k.info.kid == active).unwrap();
+        assert_eq!(revoked.revoke_reason.as_deref(), Some("leaked in a log"));
+        assert!(revoked.sealed.is_none(), "private half destroyed");
+
+        // Rotate and revoke: both the active and the next key go.
+        let active = active_kid(&app, Algorithm::EdDSA);
+        let next = next_kid(&app, Algorithm::EdDSA);
+        app.state
+            .keys
+            .rotate(
+                Some(Algorithm::EdDSA),
+                true,
+                Some("suspected compromise".into()),
+                &Actor::cli(),
+            )
+            .await
+            .unwrap();
+        let served = kids_of(&jwks(&app).await);
+        assert!(!served.contains(active.as_str()) && !served.contains(next.as_str()));
+        check_invariants(&app).await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn expiry_retires_rotated_keys_after_retention() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let old = active_kid(&app, Algorithm::EdDSA);
+        app.state
+            .keys
+            .rotate(Some(Algorithm::EdDSA), false, None, &Actor::cli())
+            .await
+            .unwrap();
+        assert_eq!(app.state.keys.expire(Utc::now()).await.unwrap(), 0);
+        let later = Utc::now() + Duration::days(31);
+        assert_eq!(app.state.keys.expire(later).await.unwrap(), 1);
+        assert_eq!(app.state.keys.expire(later).await.unwrap(), 0, "idempotent");
+        let rows = app.state.storage.list_keys().await.unwrap();
+        let expired = rows.iter().find(|k| k.info.kid == old).unwrap();
+        assert_eq!(expired.info.state, KeyState::Expired);
+        assert!(expired.sealed.is_none());
+        assert!(!kids_of(&jwks(&app).await).contains(old.as_str()));
+        check_invariants(&app).await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_rotations_each_apply_cleanly() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let keys = app.state.keys.clone();
+                tokio::spawn(async move {
+                    keys.rotate(Some(Algorithm::EdDSA), false, None, &Actor::cli())
+                        .await
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(e) => assert!(e.to_string().contains("try again"), "{backend:?}: {e}"),
+            }
+        }
+        assert!(ok >= 1, "{backend:?}");
+        let rows = app.state.storage.list_keys().await.unwrap();
+        let rotated = rows
+            .iter()
+            .filter(|k| k.info.alg == Algorithm::EdDSA && k.info.state == KeyState::Rotated)
+            .count();
+        assert_eq!(
+            rotated, ok,
+            "{backend:?}: one rotated key per successful rotation"
+        );
+        check_invariants(&app).await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn private_keys_are_sealed_at_rest_and_bound_to_their_kid() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let rows = app.state.storage.list_keys().await.unwrap();
+    // Unseal with the KEK, then look for the plaintext in the database files.
+    let mut secrets = Vec::new();
+    for k in &rows {
+        let kek = app.state.keyring.get(k.kek_id.as_deref().unwrap()).unwrap();
+        let private = signet::server::crypto::open(
+            kek.key_bytes(),
+            &k.info.kid,
+            k.sealed.as_deref().unwrap(),
+        )
+        .unwrap();
+        secrets.push(private.as_bytes().to_vec());
+    }
+    let mut files = Vec::new();
+    for suffix in ["", "-wal"] {
+        let path = format!("{}{suffix}", app.db.sqlite_file().display());
+        if let Ok(bytes) = std::fs::read(&path) {
+            files.push(bytes);
+        }
+    }
+    assert!(!files.is_empty());
+    for secret in &secrets {
+        let probe = &secret[secret.len() - 32..];
+        for bytes in &files {
+            assert!(
+                !bytes.windows(probe.len()).any(|w| w == probe),
+                "private key bytes in the clear"
+            );
+        }
+    }
+
+    // A sealed key copied onto another row does not open there.
+    // Both active, so the server must open both when it loads its signers.
+    let active: Vec<_> = rows
+        .iter()
+        .filter(|k| k.info.state == KeyState::Active)
+        .collect();
+    let (a, b) = (active[0], active[1]);
+    let kek = app.state.keyring.get(a.kek_id.as_deref().unwrap()).unwrap();
+    assert!(
+        signet::server::crypto::open(kek.key_bytes(), &b.info.kid, a.sealed.as_deref().unwrap())
+            .is_err()
+    );
+    use sqlx::Connection as _;
+    let mut c = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query("UPDATE signing_keys SET private_sealed = (SELECT private_sealed FROM signing_keys WHERE kid = $1) WHERE kid = $2")
+        .bind(a.info.kid.as_str())
+        .bind(b.info.kid.as_str())
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let err = app.state.keys.reload().await.unwrap_err();
+    assert!(err.to_string().contains("could not be opened"), "{err}");
+}
+
+#[tokio::test]
+async fn cli_changes_reach_the_running_server_within_a_second() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let before = kids_of(&jwks(&app).await);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_signet"))
+            .envs(app.db.env())
+            .args(["rotate", "--alg", "EdDSA"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let start = std::time::Instant::now();
+        loop {
+            let now = kids_of(&jwks(&app).await);
+            if now != before {
+                assert_eq!(now.len(), before.len() + 1);
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(1),
+                "{backend:?}: not seen within 1 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        check_invariants(&app).await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn audit_verify_finds_edited_and_deleted_rows() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        for _ in 0..3 {
+            app.state
+                .keys
+                .rotate(Some(Algorithm::EdDSA), false, None, &Actor::cli())
+                .await
+                .unwrap();
+        }
+        let env = app.db.env();
+        let verify = || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_signet"))
+                .envs(env.clone())
+                .args(["audit", "verify"])
+                .output()
+                .unwrap()
+        };
+        let out = verify();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("4 events"));
+
+        exec(
+            &app.db.url,
+            "UPDATE audit_events SET actor = 'mallory' WHERE id = 2",
+        )
+        .await;
+        let out = verify();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("event 2 was altered"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        exec(&app.db.url, "DELETE FROM audit_events WHERE id = 2").await;
+        let out = verify();
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("event 3 does not follow"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        app.stop().await;
+    }
+}
+
+async fn exec(url: &str, sql: &str) {
+    use sqlx::Connection as _;
+    if url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+}
