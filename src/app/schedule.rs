@@ -25,11 +25,11 @@ fn format_times(times: Vec<chrono::DateTime<chrono::Utc>>) -> Vec<String> {
 pub async fn current_schedule() -> Result<ScheduleView, ServerFnError> {
     use crate::server::AppState;
     let state = expect_context::<AppState>();
-    let cron = &state.config.rotation_cron;
+    let schedule = state.keys.schedule();
     Ok(ScheduleView {
-        expression: cron.to_string(),
-        retention: state.config.retention.to_string(),
-        next: format_times(cron.upcoming(chrono::Utc::now(), PREVIEW_COUNT)),
+        expression: schedule.cron.to_string(),
+        retention: schedule.retention.to_string(),
+        next: format_times(schedule.cron.upcoming(chrono::Utc::now(), PREVIEW_COUNT)),
     })
 }
 

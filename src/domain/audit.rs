@@ -76,4 +76,6 @@ pub mod kind {
     pub const KEYS_EXPIRED: &str = "keys.expired";
     pub const KEYS_EXPIRED_EARLY: &str = "keys.expired_early";
     pub const KEYS_REENCRYPTED: &str = "keys.reencrypted";
+    pub const SCHEDULE_CHANGED: &str = "schedule.changed";
+    pub const TOKEN_CREATED: &str = "token.created";
 }

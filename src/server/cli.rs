@@ -68,10 +68,27 @@ enum Command {
     },
     /// Re-wrap every stored private key under the active key-encryption key.
     Reencrypt,
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Work with the audit log.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints its secret once, alone on stdout.
+    Create {
+        /// A unique name, e.g. the service that will use it.
+        name: String,
+        /// Scopes: keys:read, keys:write, audit:read, sign (repeatable).
+        #[arg(long = "scope", required = true, num_args = 1..)]
+        scopes: Vec<String>,
     },
 }
 
@@ -125,6 +142,9 @@ pub async fn run() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify,
         } => audit_verify(config).await,
+        Command::Token {
+            command: TokenCommand::Create { name, scopes },
+        } => token_create(config, name, scopes).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -275,4 +295,15 @@ async fn audit_verify(config: Config) -> anyhow::Result<()> {
         }
         Err(e) => anyhow::bail!("audit log is broken: {e}"),
     }
+}
+
+async fn token_create(config: Config, name: String, scopes: Vec<String>) -> anyhow::Result<()> {
+    let (storage, _) = start::open(&config, ServeOptions::default()).await?;
+    let result =
+        crate::server::tokens::create(storage.as_ref(), &name, &scopes, &Actor::cli()).await;
+    storage.close().await;
+    let secret = result?;
+    println!("{secret}");
+    eprintln!("signet: token '{name}' created; the secret above is shown only once");
+    Ok(())
 }

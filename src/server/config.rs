@@ -4,6 +4,7 @@
 //! file or environment), then parsed into a typed [`Config`]. All problems are reported
 //! at once, each naming the setting and its source, so an operator fixes them in one go.
 
+use crate::domain::audit::Level;
 use crate::domain::{AlgorithmList, CronSchedule, Retention, RsaBits};
 use crate::server::kek::{self, Keyring};
 use ipnet::IpNet;
@@ -29,6 +30,9 @@ pub const SETTINGS: &[&str] = &[
     "trusted_proxies",
     "log",
     "log_format",
+    "max_token_ttl",
+    "jwks_max_age",
+    "rotation_event_level",
 ];
 
 /// Settings whose values are secret and never printed.
@@ -214,6 +218,12 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub log: String,
     pub log_format: LogFormat,
+    /// The longest lifetime `POST /sign` grants; always shorter than `retention`.
+    pub max_token_ttl: Retention,
+    /// The cap on the JWKS `Cache-Control: max-age`.
+    pub jwks_max_age: Retention,
+    /// The audit level of rotation events.
+    pub rotation_event_level: Level,
     /// The text (secrets already redacted) and source of every setting, for `config check`.
     raw: BTreeMap<&'static str, (String, Source)>,
     /// Things worth telling the operator that do not stop Signet.
@@ -311,6 +321,30 @@ impl Config {
             )),
         });
 
+        let max_token_ttl = p.field("max_token_ttl", "1h", |s| {
+            Retention::parse(s).map_err(|e| e.to_string().replace("retention", "the lifetime"))
+        });
+        let jwks_max_age = p.field("jwks_max_age", "300s", |s| {
+            Retention::parse(s)
+                .map_err(|e| e.to_string().replace("retention", "the cache lifetime"))
+        });
+        let rotation_event_level = p.field("rotation_event_level", "notice", |s| {
+            Level::parse(s.trim()).ok_or_else(|| {
+                format!("unknown level '{s}' (expected info, notice, warning or critical)")
+            })
+        });
+        // Invariant 4: a token must never outlive the publication of its key.
+        if let (Some(ttl), Some(retention)) = (max_token_ttl, retention) {
+            if ttl >= retention {
+                p.fail(
+                    "max_token_ttl",
+                    format!(
+                        "the maximum token lifetime ({ttl}) must be shorter than the retention ({retention})"
+                    ),
+                );
+            }
+        }
+
         let kek = match (&enc_keys, &enc_key_active, &data_dir) {
             (Some(keys), Some(active), _) if !keys.trim().is_empty() || !active.is_empty() => {
                 match Keyring::parse(keys, active) {
@@ -368,6 +402,9 @@ impl Config {
             trusted_proxies,
             log,
             log_format,
+            max_token_ttl,
+            jwks_max_age,
+            rotation_event_level,
         ) {
             (
                 Some(listen),
@@ -382,6 +419,9 @@ impl Config {
                 Some(trusted_proxies),
                 Some(log),
                 Some(log_format),
+                Some(max_token_ttl),
+                Some(jwks_max_age),
+                Some(rotation_event_level),
             ) => Ok(Config {
                 listen,
                 public_url,
@@ -395,6 +435,9 @@ impl Config {
                 trusted_proxies,
                 log,
                 log_format,
+                max_token_ttl,
+                jwks_max_age,
+                rotation_event_level,
                 raw,
                 warnings,
             }),
@@ -669,6 +712,17 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(!format!("{c:?}").contains("AAAAAAAA"));
+    }
+
+    #[test]
+    fn token_lifetime_must_be_shorter_than_retention() {
+        let err = load(&[("SIGNET_RETENTION", "1h"), ("SIGNET_MAX_TOKEN_TTL", "2h")]).unwrap_err();
+        assert_eq!(fields(err.clone()), vec!["max_token_ttl"]);
+        assert!(
+            err.to_string().contains("shorter than the retention"),
+            "{err}"
+        );
+        assert!(load(&[("SIGNET_RETENTION", "2h"), ("SIGNET_MAX_TOKEN_TTL", "1h")]).is_ok());
     }
 
     #[test]

@@ -11,12 +11,15 @@
 
 use crate::domain::audit::{Level, Trigger, kind};
 use crate::domain::lifecycle::{self, PlanError, Policy};
-use crate::domain::{Algorithm, KeyInfo, KeyState, Kid, Plan};
+use crate::domain::{Algorithm, CronSchedule, KeyInfo, KeyState, Kid, Plan, Retention};
 use crate::server::audit::{self, NewEvent};
 use crate::server::config::Config;
 use crate::server::crypto::{self, CryptoError, PublicJwk, Signer};
+use crate::server::jwt;
 use crate::server::kek::Keyring;
-use crate::server::storage::{KeyChange, NewKey, Resealed, Storage, StorageError, StoredKey};
+use crate::server::storage::{
+    KeyChange, NewKey, Resealed, ScheduleRow, Storage, StorageError, StoredKey,
+};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -89,6 +92,8 @@ pub struct KeySnapshot {
     pub jwks_by_alg: HashMap<Algorithm, Vec<u8>>,
     pub etag: String,
     pub signers: HashMap<Algorithm, Arc<ActiveSigner>>,
+    /// The public JWK of every published key, for verification.
+    pub public: HashMap<Kid, PublicJwk>,
 }
 
 impl KeySnapshot {
@@ -100,6 +105,7 @@ impl KeySnapshot {
             jwks_by_alg: HashMap::new(),
             etag: String::new(),
             signers: HashMap::new(),
+            public: HashMap::new(),
         }
     }
 
@@ -114,6 +120,37 @@ pub struct KeyService {
     keyring: Arc<Keyring>,
     config: Arc<Config>,
     snapshot: RwLock<Arc<KeySnapshot>>,
+    schedule: RwLock<Schedule>,
+    /// The latest-`exp` value written to the database per key. Each write records a step
+    /// ([`EXP_RECORD_STEP_SECS`]) beyond the token's `exp`, so steady signing writes about
+    /// once a minute per key instead of once per token.
+    recorded_exp: std::sync::Mutex<HashMap<Kid, DateTime<Utc>>>,
+}
+
+/// Granularity of the per-key latest-`exp` record: at most one write a minute per key.
+const EXP_RECORD_STEP_SECS: i64 = 60;
+
+/// The rotation schedule in force: stored in the database, seeded from the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub cron: CronSchedule,
+    pub retention: Retention,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("invalid cron expression: {0}")]
+    Cron(#[from] crate::domain::schedule::CronError),
+    #[error("invalid retention: {0}")]
+    Retention(#[from] crate::domain::retention::RetentionError),
+    #[error("retention ({retention}) must be longer than the maximum token lifetime ({max_ttl})")]
+    TooShort {
+        retention: Retention,
+        max_ttl: Retention,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 impl KeyService {
@@ -121,16 +158,159 @@ impl KeyService {
         Self {
             storage,
             keyring,
-            config,
             snapshot: RwLock::new(Arc::new(KeySnapshot::empty())),
+            schedule: RwLock::new(Schedule {
+                cron: config.rotation_cron.clone(),
+                retention: config.retention,
+                updated_at: None,
+            }),
+            recorded_exp: std::sync::Mutex::new(HashMap::new()),
+            config,
+        }
+    }
+
+    /// Signs `claims` with the active key of `alg` (default: the first enabled algorithm)
+    /// for `ttl` seconds (default: five minutes, or the maximum if shorter).
+    pub async fn sign(
+        &self,
+        claims: serde_json::Map<String, serde_json::Value>,
+        alg: Option<Algorithm>,
+        ttl: Option<u64>,
+    ) -> Result<jwt::Signed, jwt::SignError> {
+        let alg = alg.unwrap_or(self.enabled()[0]);
+        if !self.enabled().contains(&alg) {
+            return Err(jwt::SignError::NotEnabled(alg));
+        }
+        let max = self.config.max_token_ttl.as_secs();
+        let ttl = ttl.unwrap_or(max.min(300));
+        if ttl == 0 {
+            return Err(jwt::SignError::TtlZero);
+        }
+        if ttl > max {
+            return Err(jwt::SignError::TtlTooLong { ttl, max });
+        }
+        let snapshot = self.snapshot();
+        let issuer = self.config.issuer();
+        let now = Utc::now();
+        let signed = if alg.is_rsa() {
+            // An RSA signature costs about half a millisecond: keep it off the async threads.
+            tokio::task::spawn_blocking(move || {
+                jwt::sign(&snapshot, &issuer, claims, alg, ttl, now)
+            })
+            .await
+            .map_err(|_| jwt::SignError::Crypto(CryptoError::Sign))??
+        } else {
+            jwt::sign(&snapshot, &issuer, claims, alg, ttl, now)?
+        };
+        self.note_token_exp(&signed.kid, signed.exp).await;
+        Ok(signed)
+    }
+
+    /// Keeps the database's latest-`exp` per key close to the truth (invariant 4 then holds
+    /// even if retention is shortened while tokens are out).
+    async fn note_token_exp(&self, kid: &Kid, exp: DateTime<Utc>) {
+        let due = {
+            let Ok(mut seen) = self.recorded_exp.lock() else {
+                return;
+            };
+            match seen.get(kid) {
+                // Already covered by what the database holds.
+                Some(recorded) if exp <= *recorded => false,
+                _ => {
+                    seen.insert(
+                        kid.clone(),
+                        exp + chrono::Duration::seconds(EXP_RECORD_STEP_SECS),
+                    );
+                    true
+                }
+            }
+        };
+        if due {
+            // Recorded a step ahead, so tokens signed in the next minute are covered too.
+            let ahead = exp + chrono::Duration::seconds(EXP_RECORD_STEP_SECS);
+            if let Err(e) = self.storage.record_token_exp(kid, ahead).await {
+                tracing::warn!(error = %e, %kid, "cannot record token expiry");
+            }
         }
     }
 
     pub fn policy(&self) -> Policy {
         Policy {
-            retention: self.config.retention,
+            retention: self.schedule().retention,
             ..Policy::default()
         }
+    }
+
+    pub fn schedule(&self) -> Schedule {
+        self.schedule
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Reads the stored schedule, seeding it from the configuration on first start.
+    pub async fn load_schedule(&self) -> Result<Schedule, ScheduleError> {
+        let stored = match self.storage.get_schedule().await? {
+            Some(row) => row,
+            None => {
+                let row = ScheduleRow {
+                    cron: self.config.rotation_cron.to_string(),
+                    retention_secs: self.config.retention.as_secs() as i64,
+                    updated_at: audit::now(),
+                };
+                self.storage.put_schedule(&row, None).await?;
+                self.storage.get_schedule().await?.unwrap_or(row)
+            }
+        };
+        let schedule = Schedule {
+            cron: CronSchedule::parse(&stored.cron)?,
+            retention: Retention::from_secs(u64::try_from(stored.retention_secs).unwrap_or(0)),
+            updated_at: Some(stored.updated_at),
+        };
+        if let Ok(mut slot) = self.schedule.write() {
+            *slot = schedule.clone();
+        }
+        Ok(schedule)
+    }
+
+    /// Validates and stores a new schedule, with a `schedule.changed` event.
+    pub async fn set_schedule(
+        &self,
+        cron: &str,
+        retention: Option<&str>,
+        actor: &Actor,
+    ) -> Result<Schedule, ScheduleError> {
+        let old = self.load_schedule().await?;
+        let cron = CronSchedule::parse(cron)?;
+        let retention = match retention {
+            Some(r) => Retention::parse(r)?,
+            None => old.retention,
+        };
+        if retention <= self.config.max_token_ttl {
+            return Err(ScheduleError::TooShort {
+                retention,
+                max_ttl: self.config.max_token_ttl,
+            });
+        }
+        let now = audit::now();
+        let ev = event(
+            Level::Notice,
+            kind::SCHEDULE_CHANGED,
+            actor,
+            Vec::new(),
+            None,
+            serde_json::json!({
+                "old": { "cron": old.cron.as_str(), "retention": old.retention.to_string() },
+                "new": { "cron": cron.as_str(), "retention": retention.to_string() },
+            }),
+        );
+        let row = ScheduleRow {
+            cron: cron.to_string(),
+            retention_secs: retention.as_secs() as i64,
+            updated_at: now,
+        };
+        self.storage.put_schedule(&row, Some(&ev)).await?;
+        self.load_schedule().await
     }
 
     pub fn enabled(&self) -> &[Algorithm] {
@@ -148,6 +328,10 @@ impl KeyService {
     /// Gives every enabled algorithm its active and next key (first start, or a newly
     /// enabled algorithm). Safe to run from several instances at once.
     pub async fn bootstrap(&self, actor: &Actor) -> Result<usize, KeyError> {
+        self.load_schedule().await.map_err(|e| match e {
+            ScheduleError::Storage(e) => KeyError::Storage(e),
+            other => KeyError::Storage(StorageError::Corrupt(format!("stored schedule: {other}"))),
+        })?;
         let enabled = self.enabled().to_vec();
         let created = self
             .execute(
@@ -213,7 +397,7 @@ impl KeyService {
                         ));
                     } else {
                         events.push(event(
-                            Level::Notice,
+                            self.config.rotation_event_level,
                             kind::KEYS_ROTATED,
                             actor,
                             kids,
@@ -353,12 +537,17 @@ impl KeyService {
             };
             (k.info.alg, rank, std::cmp::Reverse(k.info.rotated_at))
         });
+        let mut public = HashMap::new();
+        for k in &published {
+            let jwk: PublicJwk = serde_json::from_str(&k.public_jwk)
+                .map_err(|e| StorageError::Corrupt(format!("public JWK of {}: {e}", k.info.kid)))?;
+            public.insert(k.info.kid.clone(), jwk);
+        }
         let jwks_of = |keys: &[&StoredKey]| -> Result<Vec<u8>, KeyError> {
-            let jwks: Vec<PublicJwk> = keys
+            let jwks: Vec<&PublicJwk> = keys
                 .iter()
-                .map(|k| serde_json::from_str(&k.public_jwk))
-                .collect::<Result<_, _>>()
-                .map_err(|e| StorageError::Corrupt(format!("public JWK: {e}")))?;
+                .filter_map(|k| public.get(&k.info.kid))
+                .collect();
             serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
                 .map_err(|e| StorageError::Corrupt(e.to_string()).into())
         };
@@ -407,6 +596,7 @@ impl KeyService {
             jwks_by_alg,
             etag,
             signers,
+            public,
         })
     }
 

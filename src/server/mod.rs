@@ -1,17 +1,20 @@
 //! Everything that only runs on the server: configuration, startup, storage, HTTP routes
 //! and the command line. Compiled only with the `ssr` feature.
 
+pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod health;
+pub mod jwt;
 pub mod kek;
 pub mod keys;
 pub mod startup;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod tokens;
 pub mod wellknown;
 
 pub use config::Config;

@@ -2,6 +2,7 @@
 //! binds the listener (port 0 in tests), `run_until_stopped` serves until shutdown.
 
 use crate::app::{App, shell};
+use crate::server::api;
 use crate::server::config::{Backend, Config, KekSource};
 use crate::server::health;
 use crate::server::kek::{self, KekError, Keyring};
@@ -242,6 +243,7 @@ fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(wellknown::router())
+        .nest("/api/v1", api::router())
         .leptos_routes(&state, routes, {
             let options = state.leptos_options.clone();
             move || shell(options.clone())

@@ -14,8 +14,6 @@ use axum::{Json, Router};
 use chrono::Utc;
 use serde::Deserialize;
 
-/// Never let caches keep the JWKS longer than this, whatever the schedule.
-pub const MAX_AGE_CAP_SECS: i64 = 300;
 /// Caches must have refreshed this long before the next key is promoted.
 const PROMOTION_MARGIN_SECS: i64 = 60;
 
@@ -90,13 +88,15 @@ async fn jwks(
 /// promotion minus a margin, so a cached copy always holds the key that signs next.
 fn max_age_secs(state: &AppState) -> i64 {
     let now = Utc::now();
+    let cap = i64::try_from(state.config.jwks_max_age.as_secs()).unwrap_or(i64::MAX);
     let until_promotion = state
-        .config
-        .rotation_cron
+        .keys
+        .schedule()
+        .cron
         .next_after(now)
         .map(|t| (t - now).num_seconds() - PROMOTION_MARGIN_SECS)
         .unwrap_or(0);
-    until_promotion.clamp(0, MAX_AGE_CAP_SECS)
+    until_promotion.clamp(0, cap)
 }
 
 async fn openid_configuration(State(state): State<AppState>) -> impl IntoResponse {

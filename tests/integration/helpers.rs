@@ -192,12 +192,28 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         .unwrap_or_else(|(e, _)| panic!("server starts: {e}"))
 }
 
+/// Starts the real server on an existing test database with its own configuration.
+pub async fn spawn_app_with(db: TestDb, config: Config) -> TestApp {
+    start(db, config, ServeOptions { migrate: true })
+        .await
+        .unwrap_or_else(|(e, _)| panic!("server starts: {e}"))
+}
+
 /// Starts the real server on an existing test database.
 pub async fn spawn_app_on(
     db: TestDb,
     options: ServeOptions,
 ) -> Result<TestApp, (StartupError, TestDb)> {
-    let app = match Application::build(db.config(), options).await {
+    let config = db.config();
+    start(db, config, options).await
+}
+
+async fn start(
+    db: TestDb,
+    config: Config,
+    options: ServeOptions,
+) -> Result<TestApp, (StartupError, TestDb)> {
+    let app = match Application::build(config, options).await {
         Ok(app) => app,
         Err(e) => return Err((e, db)),
     };

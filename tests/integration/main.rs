@@ -3,6 +3,7 @@
 #![cfg(feature = "ssr")]
 #![allow(clippy::unwrap_used)]
 
+mod api;
 mod cli;
 mod health;
 mod helpers;

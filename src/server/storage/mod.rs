@@ -119,6 +119,25 @@ pub struct Resealed {
     pub kek_id: String,
 }
 
+/// An API token as stored (the secret itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTokenRow {
+    pub id: String,
+    pub name: String,
+    pub secret_hash: String,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The stored rotation schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRow {
+    pub cron: String,
+    pub retention_secs: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Filters for reading the audit log, newest first, with keyset pagination.
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {
@@ -165,6 +184,25 @@ pub trait Storage: Send + Sync + 'static {
     async fn key_version(&self) -> Result<i64, StorageError>;
 
     async fn list_events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StorageError>;
+
+    /// Stores a new API token with its audit event. `Conflict` if the name is taken.
+    async fn create_api_token(
+        &self,
+        token: &ApiTokenRow,
+        event: &NewEvent,
+    ) -> Result<(), StorageError>;
+
+    async fn find_api_token(&self, id: &str) -> Result<Option<ApiTokenRow>, StorageError>;
+
+    async fn get_schedule(&self) -> Result<Option<ScheduleRow>, StorageError>;
+
+    /// Writes the schedule; with an event, in the same transaction. Without one (the
+    /// first start seeding it), only if no schedule is stored yet.
+    async fn put_schedule(
+        &self,
+        row: &ScheduleRow,
+        event: Option<&NewEvent>,
+    ) -> Result<(), StorageError>;
 
     /// The whole chain in id order and the head (last id, last hash), for verification.
     async fn audit_chain(&self) -> Result<(Vec<StoredEvent>, i64, String), StorageError>;

@@ -130,6 +130,30 @@ impl Storage for PostgresStorage {
         self.audit_chain_shared().await
     }
 
+    async fn create_api_token(
+        &self,
+        token: &super::ApiTokenRow,
+        event: &crate::server::audit::NewEvent,
+    ) -> Result<(), StorageError> {
+        self.create_api_token_shared(token, event).await
+    }
+
+    async fn find_api_token(&self, id: &str) -> Result<Option<super::ApiTokenRow>, StorageError> {
+        self.find_api_token_shared(id).await
+    }
+
+    async fn get_schedule(&self) -> Result<Option<super::ScheduleRow>, StorageError> {
+        self.get_schedule_shared().await
+    }
+
+    async fn put_schedule(
+        &self,
+        row: &super::ScheduleRow,
+        event: Option<&crate::server::audit::NewEvent>,
+    ) -> Result<(), StorageError> {
+        self.put_schedule_shared(row, event).await
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }

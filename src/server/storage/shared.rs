@@ -307,6 +307,98 @@ macro_rules! shared_storage_methods {
                     .collect()
             }
 
+            async fn create_api_token_shared(
+                &self,
+                t: &super::ApiTokenRow,
+                event: &crate::server::audit::NewEvent,
+            ) -> Result<(), StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO api_tokens (id, name, secret_hash, scopes, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&t.id)
+                .bind(&t.name)
+                .bind(&t.secret_hash)
+                .bind(t.scopes.join(" "))
+                .bind(t.created_at)
+                .execute(&mut *tx)
+                .await;
+                match inserted {
+                    Ok(_) => {}
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        return Err(StorageError::Conflict);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                Self::append_event(&mut tx, event, t.created_at).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn find_api_token_shared(
+                &self,
+                id: &str,
+            ) -> Result<Option<super::ApiTokenRow>, StorageError> {
+                let row = sqlx::query(
+                    "SELECT id, name, secret_hash, scopes, created_at, revoked_at \
+                     FROM api_tokens WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                use sqlx::Row as _;
+                let scopes: String = row.try_get("scopes")?;
+                Ok(Some(super::ApiTokenRow {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    secret_hash: row.try_get("secret_hash")?,
+                    scopes: scopes.split_whitespace().map(str::to_string).collect(),
+                    created_at: row.try_get("created_at")?,
+                    revoked_at: row.try_get("revoked_at")?,
+                }))
+            }
+
+            async fn get_schedule_shared(&self) -> Result<Option<super::ScheduleRow>, StorageError> {
+                let row: Option<(String, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+                    "SELECT cron, retention_secs, updated_at FROM schedule WHERE id = 1",
+                )
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(|(cron, retention_secs, updated_at)| super::ScheduleRow {
+                    cron,
+                    retention_secs,
+                    updated_at,
+                }))
+            }
+
+            async fn put_schedule_shared(
+                &self,
+                s: &super::ScheduleRow,
+                event: Option<&crate::server::audit::NewEvent>,
+            ) -> Result<(), StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let sql = if event.is_some() {
+                    "INSERT INTO schedule (id, cron, retention_secs, updated_at) VALUES (1, $1, $2, $3) \
+                     ON CONFLICT (id) DO UPDATE SET cron = $1, retention_secs = $2, updated_at = $3"
+                } else {
+                    "INSERT INTO schedule (id, cron, retention_secs, updated_at) VALUES (1, $1, $2, $3) \
+                     ON CONFLICT (id) DO NOTHING"
+                };
+                sqlx::query(sql)
+                    .bind(&s.cron)
+                    .bind(s.retention_secs)
+                    .bind(s.updated_at)
+                    .execute(&mut *tx)
+                    .await?;
+                if let Some(event) = event {
+                    Self::append_event(&mut tx, event, s.updated_at).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn audit_chain_shared(
                 &self,
             ) -> Result<(Vec<crate::server::audit::StoredEvent>, i64, String), StorageError> {

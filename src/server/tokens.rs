@@ -1,0 +1,151 @@
+//! API tokens: bearer secrets with scopes, for the REST API.
+//!
+//! A token reads `sgt_<id>_<secret>`. The id finds the row; only SHA-256 of the secret is
+//! stored (the secret has 256 bits of entropy, so a slow hash would add nothing), and it
+//! is compared in constant time. The full token is shown once, at creation.
+
+use crate::domain::audit::{Level, kind};
+use crate::server::audit::{self, NewEvent};
+use crate::server::keys::Actor;
+use crate::server::storage::{ApiTokenRow, Storage, StorageError};
+use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+/// Scopes a token can carry.
+pub const SCOPES: [&str; 4] = ["keys:read", "keys:write", "audit:read", "sign"];
+
+const PREFIX: &str = "sgt_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("unknown scope '{0}' (known: keys:read, keys:write, audit:read, sign)")]
+    UnknownScope(String),
+    #[error("a token needs at least one scope")]
+    NoScope,
+    #[error("a token name must be 1 to 64 characters: letters, digits, '-', '_' or '.'")]
+    BadName,
+    #[error("a token named '{0}' already exists")]
+    Exists(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("no randomness available")]
+    Random,
+}
+
+/// Who a valid bearer token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub scopes: Vec<String>,
+}
+
+impl Principal {
+    pub fn has(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+fn hash(secret: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_b64(len: usize) -> Result<String, TokenError> {
+    let mut buf = vec![0u8; len];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| TokenError::Random)?;
+    Ok(B64.encode(buf))
+}
+
+/// Creates a token and returns its full text, the only time it exists outside the caller.
+pub async fn create(
+    storage: &dyn Storage,
+    name: &str,
+    scopes: &[String],
+    actor: &Actor,
+) -> Result<String, TokenError> {
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !name_ok {
+        return Err(TokenError::BadName);
+    }
+    if scopes.is_empty() {
+        return Err(TokenError::NoScope);
+    }
+    let mut scopes: Vec<String> = scopes.to_vec();
+    scopes.sort();
+    scopes.dedup();
+    if let Some(bad) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
+        return Err(TokenError::UnknownScope(bad.clone()));
+    }
+    // The id is hex so it can never contain the '_' separator.
+    let id: String = {
+        let mut b = [0u8; 8];
+        SystemRandom::new()
+            .fill(&mut b)
+            .map_err(|_| TokenError::Random)?;
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    };
+    let secret = random_b64(32)?;
+    let row = ApiTokenRow {
+        id: id.clone(),
+        name: name.to_string(),
+        secret_hash: hash(&secret),
+        scopes: scopes.clone(),
+        created_at: audit::now(),
+        revoked_at: None,
+    };
+    let event = NewEvent {
+        level: Level::Notice,
+        kind: kind::TOKEN_CREATED,
+        actor: actor.name.clone(),
+        trigger: actor.trigger,
+        source: actor.source.clone(),
+        kids: Vec::new(),
+        reason: None,
+        details: serde_json::json!({ "name": name, "scopes": scopes }),
+    };
+    match storage.create_api_token(&row, &event).await {
+        Ok(()) => Ok(format!("{PREFIX}{id}_{secret}")),
+        Err(StorageError::Conflict) => Err(TokenError::Exists(name.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Checks a bearer token. `None` for anything that is not a valid, unrevoked token; the
+/// caller answers 401 without saying which part was wrong.
+pub async fn authenticate(
+    storage: &dyn Storage,
+    token: &str,
+) -> Result<Option<Principal>, StorageError> {
+    let Some((id, secret)) = token
+        .strip_prefix(PREFIX)
+        .and_then(|rest| rest.split_once('_'))
+    else {
+        return Ok(None);
+    };
+    if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let Some(row) = storage.find_api_token(id).await? else {
+        return Ok(None);
+    };
+    let presented = hash(secret);
+    let matches = aws_lc_rs::constant_time::verify_slices_are_equal(
+        presented.as_bytes(),
+        row.secret_hash.as_bytes(),
+    )
+    .is_ok();
+    if !matches || row.revoked_at.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(Principal {
+        name: row.name,
+        scopes: row.scopes,
+    }))
+}
