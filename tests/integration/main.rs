@@ -7,5 +7,6 @@ mod api;
 mod cli;
 mod health;
 mod helpers;
+mod interop;
 mod keys;
 mod migrations;
