@@ -3,6 +3,7 @@
 //! Pages live in their own modules. Server functions stay thin: they read the server's
 //! state from context, call server code, and return a wire type from [`wire`].
 
+mod jwks;
 mod login;
 mod overview;
 mod pages;
@@ -45,7 +46,7 @@ pub fn App() -> impl IntoView {
                 <Routes fallback=pages::NotFound>
                     <Route path=path!("/") view=overview::OverviewPage />
                     <Route path=path!("/login") view=login::LoginPage />
-                    <Route path=path!("/config/jwks") view=pages::JwksPage />
+                    <Route path=path!("/config/jwks") view=jwks::JwksPage />
                     <Route path=path!("/config/schedule") view=schedule::SchedulePage />
                     <Route path=path!("/events") view=pages::EventsPage />
                 </Routes>

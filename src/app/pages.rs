@@ -1,16 +1,7 @@
-//! Pages whose content grows with the key lifecycle: JWKS, events, and the 404 page.
+//! The events page (its audit view comes with the admin UI) and the 404 page.
 
 use leptos::prelude::*;
 use leptos_meta::Title;
-
-#[component]
-pub fn JwksPage() -> impl IntoView {
-    view! {
-        <Title text="JWKS" />
-        <h1>"Config → JWKS"</h1>
-        <p>"Signing keys, their states and the Rotate Keys action appear here once the key lifecycle is enabled."</p>
-    }
-}
 
 #[component]
 pub fn EventsPage() -> impl IntoView {

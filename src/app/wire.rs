@@ -24,3 +24,17 @@ pub struct ScheduleView {
 
 /// Next fire times of a proposed expression, or why it is not acceptable.
 pub type SchedulePreview = Result<Vec<String>, String>;
+
+/// One key as the JWKS page shows it. Timestamps are RFC 3339, `None` where not reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyView {
+    pub kid: String,
+    pub alg: String,
+    pub state: String,
+    pub created_at: String,
+    pub activated_at: Option<String>,
+    pub rotated_at: Option<String>,
+    pub revoked_at: Option<String>,
+    /// When publication ends (rotated keys) or ended (expired keys).
+    pub expires_at: Option<String>,
+}

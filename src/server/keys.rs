@@ -20,6 +20,7 @@ use crate::server::kek::Keyring;
 use crate::server::storage::{
     KeyChange, NewKey, Resealed, ScheduleRow, Storage, StorageError, StoredKey,
 };
+use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -88,8 +89,9 @@ pub struct ActiveSigner {
 pub struct KeySnapshot {
     pub version: i64,
     pub keys: Vec<KeyInfo>,
-    pub jwks: Vec<u8>,
-    pub jwks_by_alg: HashMap<Algorithm, Vec<u8>>,
+    /// The JWKS body; `Bytes` so serving it is a reference-count increment, not a copy.
+    pub jwks: Bytes,
+    pub jwks_by_alg: HashMap<Algorithm, Bytes>,
     pub etag: String,
     pub signers: HashMap<Algorithm, Arc<ActiveSigner>>,
     /// The public JWK of every published key, for verification.
@@ -101,7 +103,7 @@ impl KeySnapshot {
         Self {
             version: -1,
             keys: Vec::new(),
-            jwks: br#"{"keys":[]}"#.to_vec(),
+            jwks: Bytes::from_static(br#"{"keys":[]}"#),
             jwks_by_alg: HashMap::new(),
             etag: String::new(),
             signers: HashMap::new(),
@@ -125,6 +127,9 @@ pub struct KeyService {
     /// ([`EXP_RECORD_STEP_SECS`]) beyond the token's `exp`, so steady signing writes about
     /// once a minute per key instead of once per token.
     recorded_exp: std::sync::Mutex<HashMap<Kid, DateTime<Utc>>>,
+    /// The next scheduled rotation, cached: the JWKS handler needs it on every request and
+    /// walking the cron expression each time would cost more than serving the bytes.
+    next_rotation: RwLock<Option<DateTime<Utc>>>,
 }
 
 /// Granularity of the per-key latest-`exp` record: at most one write a minute per key.
@@ -165,6 +170,7 @@ impl KeyService {
                 updated_at: None,
             }),
             recorded_exp: std::sync::Mutex::new(HashMap::new()),
+            next_rotation: RwLock::new(None),
             config,
         }
     }
@@ -241,6 +247,22 @@ impl KeyService {
         }
     }
 
+    /// The next scheduled rotation after now (recomputed once the cached one has passed).
+    pub fn next_rotation(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if let Ok(cached) = self.next_rotation.read() {
+            if let Some(t) = *cached {
+                if t > now {
+                    return Some(t);
+                }
+            }
+        }
+        let next = self.schedule().cron.next_after(now);
+        if let Ok(mut slot) = self.next_rotation.write() {
+            *slot = next;
+        }
+        next
+    }
+
     pub fn schedule(&self) -> Schedule {
         self.schedule
             .read()
@@ -269,6 +291,9 @@ impl KeyService {
         };
         if let Ok(mut slot) = self.schedule.write() {
             *slot = schedule.clone();
+        }
+        if let Ok(mut next) = self.next_rotation.write() {
+            *next = None;
         }
         Ok(schedule)
     }
@@ -543,12 +568,13 @@ impl KeyService {
                 .map_err(|e| StorageError::Corrupt(format!("public JWK of {}: {e}", k.info.kid)))?;
             public.insert(k.info.kid.clone(), jwk);
         }
-        let jwks_of = |keys: &[&StoredKey]| -> Result<Vec<u8>, KeyError> {
+        let jwks_of = |keys: &[&StoredKey]| -> Result<Bytes, KeyError> {
             let jwks: Vec<&PublicJwk> = keys
                 .iter()
                 .filter_map(|k| public.get(&k.info.kid))
                 .collect();
             serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
+                .map(Bytes::from)
                 .map_err(|e| StorageError::Corrupt(e.to_string()).into())
         };
         let jwks = jwks_of(&published)?;

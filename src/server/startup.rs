@@ -125,7 +125,10 @@ impl Application {
     ) -> std::io::Result<()> {
         let storage = self.state.storage.clone();
         let background = [
-            tokio::spawn(watch_keys(self.state.keys.clone())),
+            tokio::spawn(watch_keys(
+                self.state.keys.clone(),
+                self.state.storage.clone(),
+            )),
             tokio::spawn(housekeeping(self.state.keys.clone())),
         ];
         let served = axum::serve(
@@ -258,17 +261,37 @@ const KEY_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Keeps this instance's key snapshot current when another instance or the CLI changes
-/// the keys: a cheap version read twice a second.
-pub async fn watch_keys(keys: Arc<KeyService>) {
+/// the keys: at once on a PostgreSQL NOTIFY, and by a cheap version read twice a second
+/// in any case (SQLite, or a lost notification).
+pub async fn watch_keys(keys: Arc<KeyService>, storage: Arc<dyn Storage>) {
+    let (tx, mut notified) = tokio::sync::mpsc::channel::<()>(16);
+    let _listener = AbortOnDrop(tokio::spawn(async move {
+        if let Err(e) = storage.listen_key_changes(tx).await {
+            tracing::warn!(error = %e, "key change notifications stopped; polling only");
+        }
+    }));
     let mut tick = tokio::time::interval(KEY_POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(()) = notified.recv() => {}
+        }
         match keys.reload_if_changed().await {
             Ok(true) => tracing::info!("keys changed elsewhere; reloaded"),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "cannot check for key changes"),
         }
+    }
+}
+
+/// Stops a spawned task when its owner goes away (here: when the watcher is aborted at
+/// shutdown, so the listener's connection does not outlive the pool).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -91,9 +91,7 @@ fn max_age_secs(state: &AppState) -> i64 {
     let cap = i64::try_from(state.config.jwks_max_age.as_secs()).unwrap_or(i64::MAX);
     let until_promotion = state
         .keys
-        .schedule()
-        .cron
-        .next_after(now)
+        .next_rotation(now)
         .map(|t| (t - now).num_seconds() - PROMOTION_MARGIN_SECS)
         .unwrap_or(0);
     until_promotion.clamp(0, cap)

@@ -147,7 +147,10 @@ async fn serve_on_postgres_refuses_pending_migrations_until_migrate() {
 
     let (out, _, stderr) = run(signet(&db.env()).arg("migrate"));
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("migration(s) applied") && !stderr.contains(" 0 migration"), "{stderr}");
+    assert!(
+        stderr.contains("migration(s) applied") && !stderr.contains(" 0 migration"),
+        "{stderr}"
+    );
 
     serve_answers_and_stops_on_sigterm(&db.env()).await;
 }

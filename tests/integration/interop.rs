@@ -103,7 +103,11 @@ async fn tokens_verify_in_pyjwt_and_jose_across_rotation_and_revocation() {
     }
 
     // After a rotation the old tokens still verify: their keys stay published.
-    app.state.keys.rotate(None, false, None, &Actor::cli()).await.unwrap();
+    app.state
+        .keys
+        .rotate(None, false, None, &Actor::cli())
+        .await
+        .unwrap();
     for client in ["pyjwt", "jose"] {
         for (alg, r) in ALGS.iter().zip(run_verifier(client, &app, &tokens)) {
             assert_eq!(r["valid"], true, "{client} {alg} after rotation: {r}");
@@ -112,7 +116,11 @@ async fn tokens_verify_in_pyjwt_and_jose_across_rotation_and_revocation() {
 
     // After revocation they fail, in both clients, at once.
     for kid in &kids {
-        app.state.keys.revoke(kid, "interop test".into(), &Actor::cli()).await.unwrap();
+        app.state
+            .keys
+            .revoke(kid, "interop test".into(), &Actor::cli())
+            .await
+            .unwrap();
     }
     for client in ["pyjwt", "jose"] {
         for (alg, r) in ALGS.iter().zip(run_verifier(client, &app, &tokens)) {
@@ -122,6 +130,9 @@ async fn tokens_verify_in_pyjwt_and_jose_across_rotation_and_revocation() {
     // And tokens from the new active keys verify.
     let (fresh, _) = sign(&app, &secret, Algorithm::ES256.as_str()).await;
     for client in ["pyjwt", "jose"] {
-        assert_eq!(run_verifier(client, &app, std::slice::from_ref(&fresh))[0]["valid"], true);
+        assert_eq!(
+            run_verifier(client, &app, std::slice::from_ref(&fresh))[0]["valid"],
+            true
+        );
     }
 }

@@ -288,6 +288,27 @@ async fn expiry_retires_rotated_keys_after_retention() {
 async fn concurrent_rotations_each_apply_cleanly() {
     for backend in BACKENDS {
         let app = spawn_app(backend).await;
+        let events_before = app.state.storage.audit_chain().await.unwrap().0.len();
+        // Invariant 3: readers during the rotations never see zero or two active keys.
+        let reader = {
+            let storage = app.state.storage.clone();
+            tokio::spawn(async move {
+                let mut reads = 0;
+                for _ in 0..200 {
+                    let keys = storage.list_keys().await.unwrap();
+                    for state in [KeyState::Active, KeyState::Next] {
+                        let n = keys
+                            .iter()
+                            .filter(|k| k.info.alg == Algorithm::EdDSA && k.info.state == state)
+                            .count();
+                        assert_eq!(n, 1, "a reader saw {n} {state} keys");
+                    }
+                    reads += 1;
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        };
         let tasks: Vec<_> = (0..6)
             .map(|_| {
                 let keys = app.state.keys.clone();
@@ -314,9 +335,101 @@ async fn concurrent_rotations_each_apply_cleanly() {
             rotated, ok,
             "{backend:?}: one rotated key per successful rotation"
         );
+        assert_eq!(reader.await.unwrap(), 200);
+        // Invariant 6: one audit event per applied rotation, no more, no less.
+        let events_after = app.state.storage.audit_chain().await.unwrap().0.len();
+        assert_eq!(events_after - events_before, ok, "{backend:?}");
         check_invariants(&app).await;
         app.stop().await;
     }
+}
+
+#[tokio::test]
+async fn the_database_refuses_a_second_active_or_next_key() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let rows = app.state.storage.list_keys().await.unwrap();
+        let next = rows
+            .iter()
+            .find(|k| k.info.state == KeyState::Next && k.info.alg == Algorithm::EdDSA)
+            .unwrap();
+        let sql = format!(
+            "UPDATE signing_keys SET state = 'active' WHERE kid = '{}'",
+            next.info.kid
+        );
+        assert!(
+            try_exec(&app.db.url, &sql).await.is_err(),
+            "{backend:?}: two active keys accepted"
+        );
+        let sql = format!(
+            "UPDATE signing_keys SET state = 'next' WHERE kid = '{}'",
+            active_kid(&app, Algorithm::EdDSA)
+        );
+        assert!(
+            try_exec(&app.db.url, &sql).await.is_err(),
+            "{backend:?}: two next keys accepted"
+        );
+        check_invariants(&app).await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn reencrypt_moves_every_key_to_the_active_kek() {
+    const K1: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const K2: &str = "k2:HxwdHBsaGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA=";
+    let db = crate::helpers::TestDb::new(Backend::Sqlite).await;
+    let env = |keys: &str, active: &str| {
+        let mut e = db.env();
+        e.push(("SIGNET_ENC_KEYS".into(), keys.into()));
+        e.push(("SIGNET_ENC_KEY_ACTIVE".into(), active.into()));
+        e
+    };
+    let signet = |env: Vec<(String, String)>, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_signet"))
+            .envs(env)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Keys created under k1.
+    let out = signet(env(K1, "k1"), &["keys"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // k2 becomes active: old rows still open with k1, and reencrypt moves them all.
+    let both = format!("{K1},{K2}");
+    let out = signet(env(&both, "k2"), &["reencrypt"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("4 key(s) re-encrypted"));
+    let out = signet(env(&both, "k2"), &["reencrypt"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0 key(s)"),
+        "idempotent"
+    );
+    // Without k1 at all, the server still opens every key.
+    let config = signet::server::config::Config::from_sources(None, env(K2, "k2")).unwrap();
+    let app = crate::helpers::spawn_app_with(db, config).await;
+    let rows = app.state.storage.list_keys().await.unwrap();
+    assert!(rows.iter().all(|k| k.kek_id.as_deref() == Some("k2")));
+    check_invariants(&app).await;
+    let events = app
+        .state
+        .storage
+        .list_events(&signet::server::storage::EventQuery {
+            kind: Some("keys.reencrypted".into()),
+            limit: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
 }
 
 #[tokio::test]
@@ -458,6 +571,17 @@ async fn audit_verify_finds_edited_and_deleted_rows() {
             String::from_utf8_lossy(&out.stderr)
         );
         app.stop().await;
+    }
+}
+
+async fn try_exec(url: &str, sql: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection as _;
+    if url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(url).await?;
+        sqlx::query(sql).execute(&mut c).await.map(|_| ())
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await?;
+        sqlx::query(sql).execute(&mut c).await.map(|_| ())
     }
 }
 

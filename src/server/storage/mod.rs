@@ -183,6 +183,17 @@ pub trait Storage: Send + Sync + 'static {
     /// A counter bumped by every key change; other processes poll it.
     async fn key_version(&self) -> Result<i64, StorageError>;
 
+    /// Sends on `changed` whenever another connection reports a key change, for backends
+    /// that can push (PostgreSQL NOTIFY). Returns when it cannot listen any more; the
+    /// default never pushes, and the caller's polling covers it.
+    async fn listen_key_changes(
+        &self,
+        changed: tokio::sync::mpsc::Sender<()>,
+    ) -> Result<(), StorageError> {
+        changed.closed().await;
+        Ok(())
+    }
+
     async fn list_events(&self, query: &EventQuery) -> Result<Vec<StoredEvent>, StorageError>;
 
     /// Stores a new API token with its audit event. `Conflict` if the name is taken.

@@ -154,6 +154,21 @@ impl Storage for PostgresStorage {
         self.put_schedule_shared(row, event).await
     }
 
+    async fn listen_key_changes(
+        &self,
+        changed: tokio::sync::mpsc::Sender<()>,
+    ) -> Result<(), StorageError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen("signet_keys").await?;
+        loop {
+            // `recv` reconnects by itself after a dropped connection.
+            listener.recv().await?;
+            if changed.send(()).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
