@@ -415,13 +415,15 @@ async fn events(
 ) -> Result<Json<Value>, ApiError> {
     caller.require("audit:read")?;
     let Query(p) = params.map_err(|e| ApiError::BadRequest("invalid_query", e.body_text()))?;
-    if let Some(level) = &p.level {
-        if crate::domain::audit::Level::parse(level).is_none() {
-            return Err(ApiError::BadRequest(
-                "invalid_query",
-                format!("unknown level '{level}'"),
-            ));
-        }
+    if let Some(level) = p
+        .level
+        .as_ref()
+        .filter(|l| crate::domain::audit::Level::parse(l).is_none())
+    {
+        return Err(ApiError::BadRequest(
+            "invalid_query",
+            format!("unknown level '{level}'"),
+        ));
     }
     let limit = p.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {

@@ -334,15 +334,15 @@ impl Config {
             })
         });
         // Invariant 4: a token must never outlive the publication of its key.
-        if let (Some(ttl), Some(retention)) = (max_token_ttl, retention) {
-            if ttl >= retention {
-                p.fail(
-                    "max_token_ttl",
-                    format!(
-                        "the maximum token lifetime ({ttl}) must be shorter than the retention ({retention})"
-                    ),
-                );
-            }
+        if let (Some(ttl), Some(retention)) = (max_token_ttl, retention)
+            && ttl >= retention
+        {
+            p.fail(
+                "max_token_ttl",
+                format!(
+                    "the maximum token lifetime ({ttl}) must be shorter than the retention ({retention})"
+                ),
+            );
         }
 
         let kek = match (&enc_keys, &enc_key_active, &data_dir) {

@@ -249,12 +249,11 @@ impl KeyService {
 
     /// The next scheduled rotation after now (recomputed once the cached one has passed).
     pub fn next_rotation(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        if let Ok(cached) = self.next_rotation.read() {
-            if let Some(t) = *cached {
-                if t > now {
-                    return Some(t);
-                }
-            }
+        if let Ok(cached) = self.next_rotation.read()
+            && let Some(t) = *cached
+            && t > now
+        {
+            return Some(t);
         }
         let next = self.schedule().cron.next_after(now);
         if let Ok(mut slot) = self.next_rotation.write() {
