@@ -10,9 +10,18 @@ pub async fn list_keys() -> Result<Vec<KeyView>, ServerFnError> {
     let state = expect_context::<AppState>();
     let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
     let snapshot = state.keys.snapshot();
-    let mut keys: Vec<KeyView> = snapshot
-        .keys
-        .iter()
+    let mut infos: Vec<&crate::domain::KeyInfo> = snapshot.keys.iter().collect();
+    // Per algorithm: active, next, then the rest newest first.
+    infos.sort_by_key(|k| {
+        let rank = match k.state {
+            crate::domain::KeyState::Active => 0,
+            crate::domain::KeyState::Next => 1,
+            _ => 2,
+        };
+        (k.alg, rank, std::cmp::Reverse(k.created_at))
+    });
+    let keys = infos
+        .into_iter()
         .map(|k| KeyView {
             kid: k.kid.to_string(),
             alg: k.alg.to_string(),
@@ -24,9 +33,6 @@ pub async fn list_keys() -> Result<Vec<KeyView>, ServerFnError> {
             expires_at: k.expires_at.map(fmt),
         })
         .collect();
-    // Newest first within each algorithm.
-    keys.reverse();
-    keys.sort_by(|a, b| a.alg.cmp(&b.alg));
     Ok(keys)
 }
 
