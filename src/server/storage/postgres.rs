@@ -1,10 +1,7 @@
 //! PostgreSQL storage: for several instances behind a load balancer.
 
-use super::{
-    AppliedMigration, InstanceInfo, PendingMigration, Storage, StorageError, compare_migrations,
-};
+use super::{AppliedMigration, InstanceInfo, PendingMigration, StorageError, compare_migrations};
 use crate::server::config::{Backend, DatabaseUrl};
-use async_trait::async_trait;
 use sqlx::Row as _;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -34,8 +31,15 @@ impl PostgresStorage {
     }
 }
 
-#[async_trait]
-impl Storage for PostgresStorage {
+// The head row is locked FOR UPDATE, serializing appenders; NOTIFY (delivered at
+// commit) tells the other instances to reload their keys.
+super::shared::storage_impl! {
+    PostgresStorage,
+    db = sqlx::Postgres,
+    begin = "BEGIN",
+    lock_head = "SELECT last_id, last_hash FROM audit_head WHERE id = 1 FOR UPDATE",
+    notify = "SELECT pg_notify('signet_keys', '')",
+    specific = {
     fn backend(&self) -> Backend {
         Backend::Postgres
     }
@@ -89,71 +93,6 @@ impl Storage for PostgresStorage {
         })
     }
 
-    async fn list_keys(&self) -> Result<Vec<super::StoredKey>, StorageError> {
-        self.list_keys_shared().await
-    }
-
-    async fn apply_key_change(&self, change: &super::KeyChange) -> Result<(), StorageError> {
-        self.apply_key_change_shared(change).await
-    }
-
-    async fn reseal_keys(
-        &self,
-        keys: &[super::Resealed],
-        event: &crate::server::audit::NewEvent,
-    ) -> Result<(), StorageError> {
-        self.reseal_keys_shared(keys, event).await
-    }
-
-    async fn record_token_exp(
-        &self,
-        kid: &crate::domain::Kid,
-        exp: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), StorageError> {
-        self.record_token_exp_shared(kid, exp).await
-    }
-
-    async fn key_version(&self) -> Result<i64, StorageError> {
-        self.key_version_shared().await
-    }
-
-    async fn list_events(
-        &self,
-        query: &super::EventQuery,
-    ) -> Result<Vec<crate::server::audit::StoredEvent>, StorageError> {
-        self.list_events_shared(query).await
-    }
-
-    async fn audit_chain(
-        &self,
-    ) -> Result<(Vec<crate::server::audit::StoredEvent>, i64, String), StorageError> {
-        self.audit_chain_shared().await
-    }
-
-    async fn create_api_token(
-        &self,
-        token: &super::ApiTokenRow,
-        event: &crate::server::audit::NewEvent,
-    ) -> Result<(), StorageError> {
-        self.create_api_token_shared(token, event).await
-    }
-
-    async fn find_api_token(&self, id: &str) -> Result<Option<super::ApiTokenRow>, StorageError> {
-        self.find_api_token_shared(id).await
-    }
-
-    async fn get_schedule(&self) -> Result<Option<super::ScheduleRow>, StorageError> {
-        self.get_schedule_shared().await
-    }
-
-    async fn put_schedule(
-        &self,
-        row: &super::ScheduleRow,
-        event: Option<&crate::server::audit::NewEvent>,
-    ) -> Result<(), StorageError> {
-        self.put_schedule_shared(row, event).await
-    }
-
     async fn listen_key_changes(
         &self,
         changed: tokio::sync::mpsc::Sender<()>,
@@ -172,17 +111,5 @@ impl Storage for PostgresStorage {
     async fn close(&self) {
         self.pool.close().await;
     }
+    }
 }
-
-impl super::shared::HasDb for PostgresStorage {
-    type Db = sqlx::Postgres;
-}
-
-// The head row is locked FOR UPDATE, serializing appenders; NOTIFY (delivered at
-// commit) tells the other instances to reload their keys.
-super::shared::shared_storage_methods!(
-    PostgresStorage,
-    begin = "BEGIN",
-    lock_head = "SELECT last_id, last_hash FROM audit_head WHERE id = 1 FOR UPDATE",
-    notify = "SELECT pg_notify('signet_keys', '')"
-);

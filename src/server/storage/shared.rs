@@ -81,16 +81,82 @@ where
     })
 }
 
-/// Stamps out the shared storage methods for one backend.
+/// Implements `Storage` for one backend: its own methods (`specific`) plus the shared ones.
 ///
-/// - `$ty`: the backend type, with a `pool` field.
+/// - `$ty`: the backend type, with a `pool` field; `db`: its sqlx database.
 /// - `begin`: the statement that opens a writing transaction.
 /// - `lock_head`: the query that reads and locks the audit chain's head.
 /// - `notify`: a statement run in the transaction after a key change, or "" for none.
-macro_rules! shared_storage_methods {
-    ($ty:ty, begin = $begin:expr, lock_head = $lock_head:expr, notify = $notify:expr) => {
+macro_rules! storage_impl {
+    (
+        $ty:ty,
+        db = $db:ty,
+        begin = $begin:expr,
+        lock_head = $lock_head:expr,
+        notify = $notify:expr,
+        specific = { $($specific:tt)* }
+    ) => {
         impl $ty {
-            async fn list_keys_shared(&self) -> Result<Vec<super::StoredKey>, StorageError> {
+            /// Appends one event to the hash chain inside `tx`. Locking the head row
+            /// serializes appenders, so the chain never forks.
+            async fn append_event(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                event: &crate::server::audit::NewEvent,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), StorageError> {
+                let (last_id, last_hash): (i64, String) =
+                    sqlx::query_as($lock_head).fetch_one(&mut **tx).await?;
+                let id = last_id + 1;
+                let kids = serde_json::to_string(&event.kids)
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                let details = event.details.to_string();
+                let hash = crate::server::audit::chain_hash(
+                    &last_hash,
+                    id,
+                    at,
+                    event.level.as_str(),
+                    event.kind,
+                    &event.actor,
+                    event.trigger.as_str(),
+                    event.source.as_deref(),
+                    &kids,
+                    event.reason.as_deref(),
+                    &details,
+                );
+                sqlx::query(
+                    "INSERT INTO audit_events (id, at, level, kind, actor, trigger, source, kids, \
+                       reason, details, prev_hash, hash) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                )
+                .bind(id)
+                .bind(at)
+                .bind(event.level.as_str())
+                .bind(event.kind)
+                .bind(&event.actor)
+                .bind(event.trigger.as_str())
+                .bind(event.source.as_deref())
+                .bind(&kids)
+                .bind(event.reason.as_deref())
+                .bind(&details)
+                .bind(&last_hash)
+                .bind(&hash)
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query("UPDATE audit_head SET last_id = $1, last_hash = $2 WHERE id = 1")
+                    .bind(id)
+                    .bind(&hash)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+        }
+
+        #[async_trait::async_trait]
+        impl super::Storage for $ty {
+            $($specific)*
+
+            async fn list_keys(&self) -> Result<Vec<super::StoredKey>, StorageError> {
                 let sql = format!(
                     "SELECT {} FROM signing_keys ORDER BY created_at, kid",
                     super::shared::KEY_COLUMNS
@@ -103,13 +169,13 @@ macro_rules! shared_storage_methods {
                     .collect()
             }
 
-            async fn key_version_shared(&self) -> Result<i64, StorageError> {
+            async fn key_version(&self) -> Result<i64, StorageError> {
                 Ok(sqlx::query_scalar("SELECT version FROM key_version WHERE id = 1")
                     .fetch_one(&self.pool)
                     .await?)
             }
 
-            async fn apply_key_change_shared(
+            async fn apply_key_change(
                 &self,
                 change: &super::KeyChange,
             ) -> Result<(), StorageError> {
@@ -185,7 +251,7 @@ macro_rules! shared_storage_methods {
                 Ok(())
             }
 
-            async fn reseal_keys_shared(
+            async fn reseal_keys(
                 &self,
                 keys: &[super::Resealed],
                 event: &crate::server::audit::NewEvent,
@@ -211,7 +277,7 @@ macro_rules! shared_storage_methods {
                 Ok(())
             }
 
-            async fn record_token_exp_shared(
+            async fn record_token_exp(
                 &self,
                 kid: &crate::domain::Kid,
                 exp: chrono::DateTime<chrono::Utc>,
@@ -227,60 +293,7 @@ macro_rules! shared_storage_methods {
                 Ok(())
             }
 
-            /// Appends one event to the hash chain inside `tx`. Locking the head row
-            /// serializes appenders, so the chain never forks.
-            async fn append_event(
-                tx: &mut sqlx::Transaction<'_, <Self as super::shared::HasDb>::Db>,
-                event: &crate::server::audit::NewEvent,
-                at: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), StorageError> {
-                let (last_id, last_hash): (i64, String) =
-                    sqlx::query_as($lock_head).fetch_one(&mut **tx).await?;
-                let id = last_id + 1;
-                let kids = serde_json::to_string(&event.kids)
-                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                let details = event.details.to_string();
-                let hash = crate::server::audit::chain_hash(
-                    &last_hash,
-                    id,
-                    at,
-                    event.level.as_str(),
-                    event.kind,
-                    &event.actor,
-                    event.trigger.as_str(),
-                    event.source.as_deref(),
-                    &kids,
-                    event.reason.as_deref(),
-                    &details,
-                );
-                sqlx::query(
-                    "INSERT INTO audit_events (id, at, level, kind, actor, trigger, source, kids, \
-                       reason, details, prev_hash, hash) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                )
-                .bind(id)
-                .bind(at)
-                .bind(event.level.as_str())
-                .bind(event.kind)
-                .bind(&event.actor)
-                .bind(event.trigger.as_str())
-                .bind(event.source.as_deref())
-                .bind(&kids)
-                .bind(event.reason.as_deref())
-                .bind(&details)
-                .bind(&last_hash)
-                .bind(&hash)
-                .execute(&mut **tx)
-                .await?;
-                sqlx::query("UPDATE audit_head SET last_id = $1, last_hash = $2 WHERE id = 1")
-                    .bind(id)
-                    .bind(&hash)
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(())
-            }
-
-            async fn list_events_shared(
+            async fn list_events(
                 &self,
                 q: &super::EventQuery,
             ) -> Result<Vec<crate::server::audit::StoredEvent>, StorageError> {
@@ -307,7 +320,7 @@ macro_rules! shared_storage_methods {
                     .collect()
             }
 
-            async fn create_api_token_shared(
+            async fn create_api_token(
                 &self,
                 t: &super::ApiTokenRow,
                 event: &crate::server::audit::NewEvent,
@@ -336,7 +349,7 @@ macro_rules! shared_storage_methods {
                 Ok(())
             }
 
-            async fn find_api_token_shared(
+            async fn find_api_token(
                 &self,
                 id: &str,
             ) -> Result<Option<super::ApiTokenRow>, StorageError> {
@@ -360,7 +373,7 @@ macro_rules! shared_storage_methods {
                 }))
             }
 
-            async fn get_schedule_shared(&self) -> Result<Option<super::ScheduleRow>, StorageError> {
+            async fn get_schedule(&self) -> Result<Option<super::ScheduleRow>, StorageError> {
                 let row: Option<(String, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
                     "SELECT cron, retention_secs, updated_at FROM schedule WHERE id = 1",
                 )
@@ -373,7 +386,7 @@ macro_rules! shared_storage_methods {
                 }))
             }
 
-            async fn put_schedule_shared(
+            async fn put_schedule(
                 &self,
                 s: &super::ScheduleRow,
                 event: Option<&crate::server::audit::NewEvent>,
@@ -399,7 +412,7 @@ macro_rules! shared_storage_methods {
                 Ok(())
             }
 
-            async fn audit_chain_shared(
+            async fn audit_chain(
                 &self,
             ) -> Result<(Vec<crate::server::audit::StoredEvent>, i64, String), StorageError> {
                 // One read transaction: rows and head from the same snapshot.
@@ -425,9 +438,4 @@ macro_rules! shared_storage_methods {
     };
 }
 
-pub(super) use shared_storage_methods;
-
-/// Names a backend's sqlx database type, so the macro can spell its transaction type.
-pub trait HasDb {
-    type Db: sqlx::Database;
-}
+pub(super) use storage_impl;

@@ -1,10 +1,7 @@
 //! SQLite storage: the zero-configuration default, one file under the data directory.
 
-use super::{
-    AppliedMigration, InstanceInfo, PendingMigration, Storage, StorageError, compare_migrations,
-};
+use super::{AppliedMigration, InstanceInfo, PendingMigration, StorageError, compare_migrations};
 use crate::server::config::{Backend, DatabaseUrl};
-use async_trait::async_trait;
 use sqlx::Row as _;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -72,8 +69,15 @@ fn file_identity(_path: &std::path::Path) -> Option<(u64, u64)> {
     None
 }
 
-#[async_trait]
-impl Storage for SqliteStorage {
+// BEGIN IMMEDIATE takes the write lock up front: two processes on one file then
+// queue on busy_timeout instead of failing when a read lock cannot be upgraded.
+super::shared::storage_impl! {
+    SqliteStorage,
+    db = sqlx::Sqlite,
+    begin = "BEGIN IMMEDIATE",
+    lock_head = "SELECT last_id, last_hash FROM audit_head WHERE id = 1",
+    notify = "",
+    specific = {
     fn backend(&self) -> Backend {
         Backend::Sqlite
     }
@@ -133,85 +137,8 @@ impl Storage for SqliteStorage {
         })
     }
 
-    async fn list_keys(&self) -> Result<Vec<super::StoredKey>, StorageError> {
-        self.list_keys_shared().await
-    }
-
-    async fn apply_key_change(&self, change: &super::KeyChange) -> Result<(), StorageError> {
-        self.apply_key_change_shared(change).await
-    }
-
-    async fn reseal_keys(
-        &self,
-        keys: &[super::Resealed],
-        event: &crate::server::audit::NewEvent,
-    ) -> Result<(), StorageError> {
-        self.reseal_keys_shared(keys, event).await
-    }
-
-    async fn record_token_exp(
-        &self,
-        kid: &crate::domain::Kid,
-        exp: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), StorageError> {
-        self.record_token_exp_shared(kid, exp).await
-    }
-
-    async fn key_version(&self) -> Result<i64, StorageError> {
-        self.key_version_shared().await
-    }
-
-    async fn list_events(
-        &self,
-        query: &super::EventQuery,
-    ) -> Result<Vec<crate::server::audit::StoredEvent>, StorageError> {
-        self.list_events_shared(query).await
-    }
-
-    async fn audit_chain(
-        &self,
-    ) -> Result<(Vec<crate::server::audit::StoredEvent>, i64, String), StorageError> {
-        self.audit_chain_shared().await
-    }
-
-    async fn create_api_token(
-        &self,
-        token: &super::ApiTokenRow,
-        event: &crate::server::audit::NewEvent,
-    ) -> Result<(), StorageError> {
-        self.create_api_token_shared(token, event).await
-    }
-
-    async fn find_api_token(&self, id: &str) -> Result<Option<super::ApiTokenRow>, StorageError> {
-        self.find_api_token_shared(id).await
-    }
-
-    async fn get_schedule(&self) -> Result<Option<super::ScheduleRow>, StorageError> {
-        self.get_schedule_shared().await
-    }
-
-    async fn put_schedule(
-        &self,
-        row: &super::ScheduleRow,
-        event: Option<&crate::server::audit::NewEvent>,
-    ) -> Result<(), StorageError> {
-        self.put_schedule_shared(row, event).await
-    }
-
     async fn close(&self) {
         self.pool.close().await;
     }
+    }
 }
-
-impl super::shared::HasDb for SqliteStorage {
-    type Db = sqlx::Sqlite;
-}
-
-// BEGIN IMMEDIATE takes the write lock up front: two processes on one file then
-// queue on busy_timeout instead of failing when a read lock cannot be upgraded.
-super::shared::shared_storage_methods!(
-    SqliteStorage,
-    begin = "BEGIN IMMEDIATE",
-    lock_head = "SELECT last_id, last_hash FROM audit_head WHERE id = 1",
-    notify = ""
-);
