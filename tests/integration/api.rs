@@ -1,6 +1,6 @@
 //! The REST API: scopes, every endpoint, and errors as JSON with the right status.
 
-use crate::helpers::{BACKENDS, Backend, TestApp, spawn_app};
+use crate::helpers::{BACKENDS, Backend, TestApp, run_signet, spawn_app};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use signet::server::keys::Actor;
@@ -528,18 +528,17 @@ async fn sign_and_verify_every_algorithm() {
 #[tokio::test]
 async fn token_create_cli_prints_only_the_secret() {
     let app = spawn_app(Backend::Sqlite).await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_signet"))
-        .envs(app.db.env())
-        .args([
+    let out = run_signet(
+        &app.db.env(),
+        &[
             "token",
             "create",
             "deploy-bot",
             "--scope",
             "sign",
             "keys:read",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -551,11 +550,7 @@ async fn token_create_cli_prints_only_the_secret() {
     assert!(secret.starts_with("sgt_"));
     let (s, _) = call(&app, reqwest::Method::GET, "/api/v1/keys", secret, None).await;
     assert_eq!(s, StatusCode::OK);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_signet"))
-        .envs(app.db.env())
-        .args(["token", "create", "x", "--scope", "root"])
-        .output()
-        .unwrap();
+    let out = run_signet(&app.db.env(), &["token", "create", "x", "--scope", "root"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scope"));
 }

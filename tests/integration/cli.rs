@@ -1,20 +1,8 @@
 //! The `signet` binary itself: `config check`, `migrate` and `serve` as an operator runs them.
 
-use crate::helpers::{Backend, TestDb};
+use crate::helpers::{Backend, TestDb, signet_command as signet};
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Output, Stdio};
-
-/// The binary with a clean environment: no SIGNET_* variables from the caller leak in.
-fn signet(env: &[(String, String)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_signet"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("SIGNET_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    cmd
-}
 
 fn with(db: &TestDb, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut env = db.env();

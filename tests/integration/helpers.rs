@@ -92,6 +92,22 @@ impl TestDb {
         Config::from_sources(None, self.env()).expect("test config is valid")
     }
 
+    /// Runs one SQL statement on this database from a separate connection, as an
+    /// operator (or an attacker) with database access would.
+    pub async fn execute(&self, sql: &str) -> Result<(), sqlx::Error> {
+        if self.pg_name.is_some() {
+            let mut c = sqlx::PgConnection::connect(&self.url).await?;
+            sqlx::query(sql).execute(&mut c).await.map(|_| ())
+        } else {
+            let mut c = sqlx::SqliteConnection::connect(&self.url).await?;
+            sqlx::query(sql).execute(&mut c).await.map(|_| ())
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.pg_name.is_some()
+    }
+
     /// Drops the PostgreSQL database now, killing its connections: the database "goes away".
     pub async fn drop_now(&self) {
         if let Some(name) = &self.pg_name {
@@ -131,6 +147,27 @@ fn rand_suffix() -> u32 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0)
+}
+
+/// The real `signet` binary with exactly the given environment: no SIGNET_* variable of
+/// the test process leaks in.
+pub fn signet_command(env: &[(String, String)]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_signet"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SIGNET_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+/// Runs `signet ARGS...` to completion.
+pub fn run_signet(env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    signet_command(env)
+        .args(args)
+        .output()
+        .expect("signet runs")
 }
 
 /// A running server and a client for it.

@@ -1,7 +1,7 @@
 //! The key lifecycle through the real server: JWKS, rotation, revocation, expiry,
 //! concurrency, encryption at rest and the audit chain, on both backends.
 
-use crate::helpers::{BACKENDS, Backend, TestApp, spawn_app};
+use crate::helpers::{BACKENDS, Backend, TestApp, run_signet, spawn_app};
 use chrono::{Duration, Utc};
 use reqwest::StatusCode;
 use signet::domain::{Algorithm, KeyState, Kid};
@@ -358,7 +358,7 @@ async fn the_database_refuses_a_second_active_or_next_key() {
             next.info.kid
         );
         assert!(
-            try_exec(&app.db.url, &sql).await.is_err(),
+            app.db.execute(&sql).await.is_err(),
             "{backend:?}: two active keys accepted"
         );
         let sql = format!(
@@ -366,7 +366,7 @@ async fn the_database_refuses_a_second_active_or_next_key() {
             active_kid(&app, Algorithm::EdDSA)
         );
         assert!(
-            try_exec(&app.db.url, &sql).await.is_err(),
+            app.db.execute(&sql).await.is_err(),
             "{backend:?}: two next keys accepted"
         );
         check_invariants(&app).await;
@@ -385,13 +385,7 @@ async fn reencrypt_moves_every_key_to_the_active_kek() {
         e.push(("SIGNET_ENC_KEY_ACTIVE".into(), active.into()));
         e
     };
-    let signet = |env: Vec<(String, String)>, args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_signet"))
-            .envs(env)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let signet = |env: Vec<(String, String)>, args: &[&str]| run_signet(&env, args);
     // Keys created under k1.
     let out = signet(env(K1, "k1"), &["keys"]);
     assert!(
@@ -495,11 +489,7 @@ async fn cli_changes_reach_the_running_server_within_a_second() {
     for backend in BACKENDS {
         let app = spawn_app(backend).await;
         let before = kids_of(&jwks(&app).await);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_signet"))
-            .envs(app.db.env())
-            .args(["rotate", "--alg", "EdDSA"])
-            .output()
-            .unwrap();
+        let out = run_signet(&app.db.env(), &["rotate", "--alg", "EdDSA"]);
         assert!(
             out.status.success(),
             "{}",
@@ -535,13 +525,7 @@ async fn audit_verify_finds_edited_and_deleted_rows() {
                 .unwrap();
         }
         let env = app.db.env();
-        let verify = || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_signet"))
-                .envs(env.clone())
-                .args(["audit", "verify"])
-                .output()
-                .unwrap()
-        };
+        let verify = || run_signet(&env, &["audit", "verify"]);
         let out = verify();
         assert!(
             out.status.success(),
@@ -550,11 +534,10 @@ async fn audit_verify_finds_edited_and_deleted_rows() {
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("4 events"));
 
-        exec(
-            &app.db.url,
-            "UPDATE audit_events SET actor = 'mallory' WHERE id = 2",
-        )
-        .await;
+        app.db
+            .execute("UPDATE audit_events SET actor = 'mallory' WHERE id = 2")
+            .await
+            .unwrap();
         let out = verify();
         assert!(!out.status.success());
         assert!(
@@ -563,7 +546,10 @@ async fn audit_verify_finds_edited_and_deleted_rows() {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        exec(&app.db.url, "DELETE FROM audit_events WHERE id = 2").await;
+        app.db
+            .execute("DELETE FROM audit_events WHERE id = 2")
+            .await
+            .unwrap();
         let out = verify();
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("event 3 does not follow"),
@@ -571,27 +557,5 @@ async fn audit_verify_finds_edited_and_deleted_rows() {
             String::from_utf8_lossy(&out.stderr)
         );
         app.stop().await;
-    }
-}
-
-async fn try_exec(url: &str, sql: &str) -> Result<(), sqlx::Error> {
-    use sqlx::Connection as _;
-    if url.starts_with("sqlite") {
-        let mut c = sqlx::SqliteConnection::connect(url).await?;
-        sqlx::query(sql).execute(&mut c).await.map(|_| ())
-    } else {
-        let mut c = sqlx::PgConnection::connect(url).await?;
-        sqlx::query(sql).execute(&mut c).await.map(|_| ())
-    }
-}
-
-async fn exec(url: &str, sql: &str) {
-    use sqlx::Connection as _;
-    if url.starts_with("sqlite") {
-        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::query(sql).execute(&mut c).await.unwrap();
-    } else {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::query(sql).execute(&mut c).await.unwrap();
     }
 }
