@@ -96,6 +96,9 @@ pub struct KeySnapshot {
     pub signers: HashMap<Algorithm, Arc<ActiveSigner>>,
     /// The public JWK of every published key, for verification.
     pub public: HashMap<Kid, PublicJwk>,
+    /// When the next rotated key's publication ends; the watcher expires it then, so the
+    /// JWKS drops it on time rather than at the next housekeeping pass.
+    pub next_expiry: Option<DateTime<Utc>>,
 }
 
 impl KeySnapshot {
@@ -108,6 +111,7 @@ impl KeySnapshot {
             etag: String::new(),
             signers: HashMap::new(),
             public: HashMap::new(),
+            next_expiry: None,
         }
     }
 
@@ -614,6 +618,11 @@ impl KeyService {
                 }),
             );
         }
+        let next_expiry = infos
+            .iter()
+            .filter(|k| k.state == KeyState::Rotated)
+            .filter_map(|k| k.expires_at)
+            .min();
         Ok(KeySnapshot {
             version,
             keys: infos,
@@ -622,6 +631,7 @@ impl KeyService {
             etag,
             signers,
             public,
+            next_expiry,
         })
     }
 

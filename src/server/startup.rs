@@ -277,6 +277,12 @@ pub async fn watch_keys(keys: Arc<KeyService>, storage: Arc<dyn Storage>) {
             _ = tick.tick() => {}
             Some(()) = notified.recv() => {}
         }
+        let now = Utc::now();
+        if keys.snapshot().next_expiry.is_some_and(|t| t <= now)
+            && let Err(e) = keys.expire(now).await
+        {
+            tracing::warn!(error = %e, "cannot expire rotated keys");
+        }
         match keys.reload_if_changed().await {
             Ok(true) => tracing::info!("keys changed elsewhere; reloaded"),
             Ok(false) => {}

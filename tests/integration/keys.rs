@@ -559,3 +559,31 @@ async fn audit_verify_finds_edited_and_deleted_rows() {
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_rotated_key_leaves_the_jwks_when_its_retention_ends() {
+    let db = crate::helpers::TestDb::new(Backend::Sqlite).await;
+    let mut env = db.env();
+    env.push(("SIGNET_RETENTION".into(), "3s".into()));
+    env.push(("SIGNET_MAX_TOKEN_TTL".into(), "1s".into()));
+    let config = signet::server::config::Config::from_sources(None, env).unwrap();
+    let app = crate::helpers::spawn_app_with(db, config).await;
+    let old = active_kid(&app, Algorithm::EdDSA);
+    app.state
+        .keys
+        .rotate(Some(Algorithm::EdDSA), false, None, &Actor::cli())
+        .await
+        .unwrap();
+    assert!(kids_of(&jwks(&app).await).contains(old.as_str()));
+    let rotated_at = std::time::Instant::now();
+    // The watcher expires it when its time comes, not at the next minute's housekeeping.
+    while kids_of(&jwks(&app).await).contains(old.as_str()) {
+        assert!(
+            rotated_at.elapsed() < std::time::Duration::from_secs(6),
+            "still published well after its retention"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(rotated_at.elapsed() >= std::time::Duration::from_secs(2));
+    check_invariants(&app).await;
+}

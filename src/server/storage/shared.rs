@@ -5,6 +5,11 @@
 //! takes its write lock, how other instances are told of a change) is passed in by each
 //! backend. The macro stamps the shared code out as inherent methods of a backend whose
 //! `pool` field is a `sqlx::Pool` of that backend.
+//!
+//! Timestamps: PostgreSQL stores `TIMESTAMPTZ`; SQLite stores sqlx's RFC 3339 text
+//! (`...:SS[.fff...]+00:00`, always UTC). The comparisons below (`expires_at > $2`,
+//! `at >= $4`) are then text comparisons on SQLite, which order correctly because every
+//! value has the same offset and '+' sorts before '.', which sorts before any digit.
 
 use super::StorageError;
 use crate::domain::{Algorithm, KeyInfo, KeyState, Kid};
