@@ -60,6 +60,16 @@ async fn check_invariants(app: &TestApp) {
         }
     }
     for k in &keys {
+        // Invariant 4: a rotated key stays published until every token it signed expired.
+        if let (KeyState::Rotated, Some(end), Some(exp)) =
+            (k.info.state, k.info.expires_at, k.info.last_token_exp)
+        {
+            assert!(
+                end >= exp,
+                "{} unpublished before its tokens expire",
+                k.info.kid
+            );
+        }
         let has_private = k.sealed.is_some();
         assert_eq!(
             has_private,
@@ -586,4 +596,36 @@ async fn a_rotated_key_leaves_the_jwks_when_its_retention_ends() {
     }
     assert!(rotated_at.elapsed() >= std::time::Duration::from_secs(2));
     check_invariants(&app).await;
+}
+
+#[tokio::test]
+async fn a_postgres_dump_holds_no_private_key_in_the_clear() {
+    let app = spawn_app(Backend::Postgres).await;
+    let dump = std::process::Command::new("pg_dump")
+        .args(["--data-only", "--dbname", &app.db.url])
+        .output()
+        .expect("pg_dump (PostgreSQL's client) runs");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout).to_lowercase();
+    assert!(dump.contains("signing_keys"), "the dump has the keys table");
+    for k in app.state.storage.list_keys().await.unwrap() {
+        let kek = app.state.keyring.get(k.kek_id.as_deref().unwrap()).unwrap();
+        let private = signet::server::crypto::open(
+            kek.key_bytes(),
+            &k.info.kid,
+            k.sealed.as_deref().unwrap(),
+        )
+        .unwrap();
+        let tail = &private.as_bytes()[private.as_bytes().len() - 16..];
+        let hex: String = tail.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            !dump.contains(&hex),
+            "{}: private bytes in the dump",
+            k.info.kid
+        );
+    }
 }
