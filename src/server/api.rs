@@ -40,6 +40,7 @@ pub fn router() -> Router<AppState> {
         .route("/sign", post(sign))
         .route("/verify", post(verify))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
@@ -51,6 +52,7 @@ pub enum ApiError {
     BadRequest(&'static str, String),
     NotFound(String),
     Conflict(String),
+    MethodNotAllowed,
     PayloadTooLarge,
     UnsupportedMediaType,
     Unavailable,
@@ -73,6 +75,11 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(code, m) => (StatusCode::BAD_REQUEST, code, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method".to_string(),
+            ),
             ApiError::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -269,6 +276,28 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such API endpoint".into())
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Free text that ends up in the audit log or a query: bounded, and without control
+/// characters (PostgreSQL refuses NUL in text; newlines would forge log lines).
+fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.chars().count() > max {
+        return Err(ApiError::BadRequest(
+            "invalid_body",
+            format!("{field} is longer than {max} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(
+            "invalid_body",
+            format!("{field} must not contain control characters"),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_alg(name: Option<&str>) -> Result<Option<Algorithm>, ApiError> {
     name.map(|a| {
         Algorithm::parse(a).map_err(|e| ApiError::BadRequest("invalid_alg", e.to_string()))
@@ -332,6 +361,9 @@ async fn rotate(
     caller.require("keys:write")?;
     let body = body.map(|ApiJson(b)| b).unwrap_or_default();
     let alg = parse_alg(body.alg.as_deref())?;
+    if let Some(r) = &body.reason {
+        check_text("reason", r, 500)?;
+    }
     let reason = body.reason.filter(|r| !r.trim().is_empty());
     if body.revoke && reason.is_none() {
         return Err(ApiError::BadRequest(
@@ -355,10 +387,12 @@ struct RevokeBody {
 async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
-    Path(kid): Path<String>,
+    kid: Result<Path<String>, axum::extract::rejection::PathRejection>,
     ApiJson(body): ApiJson<RevokeBody>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require("keys:write")?;
+    let Path(kid) = kid.map_err(|e| ApiError::BadRequest("invalid_kid", e.body_text()))?;
+    check_text("reason", &body.reason, 500)?;
     let kid = Kid::parse(&kid).map_err(|e| ApiError::BadRequest("invalid_kid", e.to_string()))?;
     if body.reason.trim().is_empty() {
         return Err(ApiError::BadRequest(
@@ -456,6 +490,12 @@ async fn events(
             format!("unknown level '{level}'"),
         ));
     }
+    for (field, value) in [("kind", &p.kind), ("actor", &p.actor)] {
+        if let Some(v) = value {
+            check_text(field, v, 200)
+                .map_err(|_| ApiError::BadRequest("invalid_query", format!("invalid {field}")))?;
+        }
+    }
     let limit = p.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::BadRequest(
@@ -537,9 +577,12 @@ struct VerifyBody {
 
 async fn verify(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiJson(body): ApiJson<VerifyBody>,
-) -> Json<Value> {
+) -> Result<Json<Value>, ApiError> {
+    if !caller.principal.has("sign") && !caller.principal.has("keys:read") {
+        return Err(ApiError::Forbidden("sign"));
+    }
     let snapshot = state.keys.snapshot();
     match jwt::verify(
         &snapshot,
@@ -549,11 +592,14 @@ async fn verify(
     ) {
         jwt::Verified::Valid { kid, claims } => {
             let state_of = snapshot.keys.iter().find(|k| k.kid == kid).map(|k| k.state);
-            Json(
-                json!({ "valid": true, "claims": claims, "kid": kid, "key_state": state_of.unwrap_or(KeyState::Active) }),
-            )
+            Ok(Json(json!({
+                "valid": true,
+                "claims": claims,
+                "kid": kid,
+                "key_state": state_of.unwrap_or(KeyState::Active),
+            })))
         }
-        jwt::Verified::Invalid { reason } => Json(json!({ "valid": false, "reason": reason })),
+        jwt::Verified::Invalid { reason } => Ok(Json(json!({ "valid": false, "reason": reason }))),
     }
 }
 

@@ -131,9 +131,17 @@ pub fn verify(
     let mut validation = Validation::new(alg);
     validation.set_issuer(&[issuer]);
     validation.leeway = 30;
+    validation.validate_nbf = true;
+    // A claim that is checked must be present: jsonwebtoken skips checks of absent ones.
     match audience {
-        Some(aud) => validation.set_audience(&[aud]),
-        None => validation.validate_aud = false,
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        }
+        None => {
+            validation.validate_aud = false;
+            validation.set_required_spec_claims(&["exp", "iss"]);
+        }
     }
     match jsonwebtoken::decode::<Value>(token, &decoding, &validation) {
         Ok(data) => Verified::Valid {

@@ -438,7 +438,7 @@ impl KeyService {
                 },
             )
             .await?;
-        self.reload().await?;
+        self.reload_after_change().await;
         Ok(plan.unwrap_or_default())
     }
 
@@ -461,7 +461,7 @@ impl KeyService {
                 },
             )
             .await?;
-        self.reload().await?;
+        self.reload_after_change().await;
         Ok(plan.unwrap_or_default())
     }
 
@@ -532,6 +532,15 @@ impl KeyService {
             *slot = Arc::new(snapshot);
         }
         Ok(())
+    }
+
+    /// Reloads after this process committed a change. The change stands even if the
+    /// reload fails (the watcher retries within half a second), so a failure here is logged
+    /// rather than reported: a caller told "error" would retry and rotate twice.
+    async fn reload_after_change(&self) {
+        if let Err(e) = self.reload().await {
+            tracing::warn!(error = %e, "keys changed, but reloading them failed; the watcher retries");
+        }
     }
 
     /// Reloads only when another writer (this process, another instance, the CLI) changed

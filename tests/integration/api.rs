@@ -112,6 +112,21 @@ async fn tokens_and_scopes_are_enforced() {
     .await;
     assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden");
 
+    // /verify needs sign or keys:read; an audit-only token may not use it.
+    let auditor = token(&app, "auditor", &["audit:read"]).await;
+    let (s, b) = call(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/verify",
+        &auditor,
+        Some(json!({"token": "x.y.z"})),
+    )
+    .await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden");
+    // A wrong method is a JSON 405, like every other API error.
+    let (s, b) = call(&app, reqwest::Method::DELETE, "/api/v1/keys", &reader, None).await;
+    assert_error(s, &b, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+
     // Token names are unique; scopes must be known.
     let dup = tokens::create(
         app.state.storage.as_ref(),
@@ -200,6 +215,25 @@ async fn rotate_revoke_and_events_through_the_api_on_both_backends() {
             .kid
             .to_string();
         let path = format!("/api/v1/keys/{active}/revoke");
+        // Text with control characters is refused (PostgreSQL cannot even store NUL).
+        let (s, b) = call(
+            &app,
+            post.clone(),
+            &path,
+            &admin,
+            Some(json!({"reason": "a\u{0}b"})),
+        )
+        .await;
+        assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_body");
+        let (s, b) = call(
+            &app,
+            reqwest::Method::GET,
+            "/api/v1/events?actor=%00",
+            &admin,
+            None,
+        )
+        .await;
+        assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_query");
         let (s, b) = call(
             &app,
             post.clone(),
@@ -468,6 +502,44 @@ async fn sign_and_verify_every_algorithm() {
     let big = json!({"claims": {"blob": "x".repeat(100_000)}});
     let (s, b) = call(&app, post.clone(), "/api/v1/sign", &signer, Some(big)).await;
     assert_error(s, &b, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    // An audience check needs an audience: a token without `aud` fails it.
+    let (_, b) = call(
+        &app,
+        post.clone(),
+        "/api/v1/sign",
+        &signer,
+        Some(json!({"claims": {"sub": "no-aud"}})),
+    )
+    .await;
+    let (_, v) = call(
+        &app,
+        post.clone(),
+        "/api/v1/verify",
+        &signer,
+        Some(json!({"token": b["token"], "audience": "api"})),
+    )
+    .await;
+    assert_eq!(v["valid"], false, "{v}");
+    // A token that is not valid yet (nbf in the future) fails.
+    let (_, b) = call(
+        &app,
+        post.clone(),
+        "/api/v1/sign",
+        &signer,
+        Some(json!({"claims": {"nbf": chrono::Utc::now().timestamp() + 3600}})),
+    )
+    .await;
+    let (_, v) = call(
+        &app,
+        post.clone(),
+        "/api/v1/verify",
+        &signer,
+        Some(json!({"token": b["token"]})),
+    )
+    .await;
+    assert_eq!(v["valid"], false, "{v}");
+    assert_eq!(v["reason"], "token not yet valid");
+
     let (s, b) = call(&app, reqwest::Method::GET, "/api/v1/nothing", &signer, None).await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "not_found");
 

@@ -287,8 +287,12 @@ macro_rules! storage_impl {
                 kid: &crate::domain::Kid,
                 exp: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), StorageError> {
+                // A key rotated since the token was signed (another instance had not
+                // reloaded yet) stays published until that token expires: invariant 4.
                 sqlx::query(
-                    "UPDATE signing_keys SET last_token_exp = $1 \
+                    "UPDATE signing_keys SET last_token_exp = $1, \
+                       expires_at = CASE WHEN state = 'rotated' AND expires_at < $1 THEN $1 \
+                                         ELSE expires_at END \
                      WHERE kid = $2 AND (last_token_exp IS NULL OR last_token_exp < $1)",
                 )
                 .bind(exp)
@@ -420,23 +424,24 @@ macro_rules! storage_impl {
             async fn audit_chain(
                 &self,
             ) -> Result<(Vec<crate::server::audit::StoredEvent>, i64, String), StorageError> {
-                // One read transaction: rows and head from the same snapshot.
-                let mut tx = self.pool.begin().await?;
+                // The head first, then the rows up to it: an event appended meanwhile (a
+                // running server) is neither half-seen nor mistaken for a truncation. On
+                // PostgreSQL each statement has its own snapshot, so the order matters.
+                let (last_id, last_hash): (i64, String) =
+                    sqlx::query_as("SELECT last_id, last_hash FROM audit_head WHERE id = 1")
+                        .fetch_one(&self.pool)
+                        .await?;
                 let sql = format!(
-                    "SELECT {} FROM audit_events ORDER BY id",
+                    "SELECT {} FROM audit_events WHERE id <= $1 ORDER BY id",
                     super::shared::EVENT_COLUMNS
                 );
                 let events = sqlx::query(&sql)
-                    .fetch_all(&mut *tx)
+                    .bind(last_id)
+                    .fetch_all(&self.pool)
                     .await?
                     .iter()
                     .map(super::shared::event_from_row)
                     .collect::<Result<Vec<_>, _>>()?;
-                let (last_id, last_hash): (i64, String) =
-                    sqlx::query_as("SELECT last_id, last_hash FROM audit_head WHERE id = 1")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                tx.commit().await?;
                 Ok((events, last_id, last_hash))
             }
         }
