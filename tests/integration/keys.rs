@@ -629,3 +629,60 @@ async fn a_postgres_dump_holds_no_private_key_in_the_clear() {
         );
     }
 }
+
+#[tokio::test]
+async fn more_than_eight_rotated_keys_expire_the_oldest_early_with_a_warning() {
+    for backend in BACKENDS {
+        let db = crate::helpers::TestDb::new(backend).await;
+        let mut env = db.env();
+        env.push(("SIGNET_ALGORITHMS".into(), "EdDSA".into()));
+        env.push(("SIGNET_ROTATION_EVENT_LEVEL".into(), "warning".into()));
+        let config = signet::server::config::Config::from_sources(None, env).unwrap();
+        let app = crate::helpers::spawn_app_with(db, config).await;
+        let first = active_kid(&app, Algorithm::EdDSA);
+        for _ in 0..9 {
+            app.state
+                .keys
+                .rotate(None, false, None, &Actor::cli())
+                .await
+                .unwrap();
+        }
+        let rows = app.state.storage.list_keys().await.unwrap();
+        let rotated = rows
+            .iter()
+            .filter(|k| k.info.state == KeyState::Rotated)
+            .count();
+        assert_eq!(
+            rotated, 8,
+            "{backend:?}: at most 8 rotated keys stay published"
+        );
+        let oldest = rows.iter().find(|k| k.info.kid == first).unwrap();
+        assert_eq!(oldest.info.state, KeyState::Expired);
+        assert!(!kids_of(&jwks(&app).await).contains(first.as_str()));
+        let query = |kind: &str| signet::server::storage::EventQuery {
+            kind: Some(kind.into()),
+            limit: 20,
+            ..Default::default()
+        };
+        let early = app
+            .state
+            .storage
+            .list_events(&query("keys.expired_early"))
+            .await
+            .unwrap();
+        assert_eq!(early.len(), 1, "{backend:?}");
+        assert_eq!(early[0].level, "warning");
+        assert_eq!(early[0].kids, vec![first.to_string()]);
+        // The configured level applies to rotation events.
+        let rotations = app
+            .state
+            .storage
+            .list_events(&query("keys.rotated"))
+            .await
+            .unwrap();
+        assert_eq!(rotations.len(), 9);
+        assert!(rotations.iter().all(|e| e.level == "warning"));
+        check_invariants(&app).await;
+        app.stop().await;
+    }
+}
