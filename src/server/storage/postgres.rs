@@ -1,6 +1,6 @@
 //! PostgreSQL storage: for several instances behind a load balancer.
 
-use super::{AppliedMigration, InstanceInfo, PendingMigration, StorageError, compare_migrations};
+use super::{InstanceInfo, StorageError};
 use crate::server::config::{Backend, DatabaseUrl};
 use sqlx::Row as _;
 use sqlx::migrate::Migrator;
@@ -38,6 +38,8 @@ super::shared::storage_impl! {
     db = sqlx::Postgres,
     begin = "BEGIN",
     lock_head = "SELECT last_id, last_hash FROM audit_head WHERE id = 1 FOR UPDATE",
+    migrator = MIGRATOR,
+    migrations_exist = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL",
     notify = "SELECT pg_notify('signet_keys', '')",
     specific = {
     fn backend(&self) -> Backend {
@@ -47,34 +49,6 @@ super::shared::storage_impl! {
     async fn ping(&self) -> Result<(), StorageError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    async fn pending_migrations(&self) -> Result<Vec<PendingMigration>, StorageError> {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-            .fetch_one(&self.pool)
-            .await?;
-        let applied = if exists {
-            sqlx::query("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
-                .fetch_all(&self.pool)
-                .await?
-                .into_iter()
-                .map(|r| AppliedMigration {
-                    version: r.get("version"),
-                    checksum: r.get("checksum"),
-                    success: r.get("success"),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        compare_migrations(&MIGRATOR, &applied)
-    }
-
-    async fn migrate(&self) -> Result<usize, StorageError> {
-        let pending = self.pending_migrations().await?.len();
-        // sqlx takes an advisory lock, so instances migrating at once do not collide.
-        MIGRATOR.run(&self.pool).await?;
-        Ok(pending)
     }
 
     async fn instance_info(&self) -> Result<InstanceInfo, StorageError> {

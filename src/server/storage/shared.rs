@@ -91,6 +91,8 @@ where
 /// - `$ty`: the backend type, with a `pool` field; `db`: its sqlx database.
 /// - `begin`: the statement that opens a writing transaction.
 /// - `lock_head`: the query that reads and locks the audit chain's head.
+/// - `migrator`: the backend's embedded migrations; `migrations_exist`: a query telling
+///   whether sqlx's migrations table exists yet.
 /// - `notify`: a statement run in the transaction after a key change, or "" for none.
 macro_rules! storage_impl {
     (
@@ -98,6 +100,8 @@ macro_rules! storage_impl {
         db = $db:ty,
         begin = $begin:expr,
         lock_head = $lock_head:expr,
+        migrator = $migrator:expr,
+        migrations_exist = $migrations_exist:expr,
         notify = $notify:expr,
         specific = { $($specific:tt)* }
     ) => {
@@ -160,6 +164,39 @@ macro_rules! storage_impl {
         #[async_trait::async_trait]
         impl super::Storage for $ty {
             $($specific)*
+
+            async fn pending_migrations(
+                &self,
+            ) -> Result<Vec<super::PendingMigration>, StorageError> {
+                let exists: bool = sqlx::query_scalar($migrations_exist)
+                    .fetch_one(&self.pool)
+                    .await?;
+                let applied = if exists {
+                    let rows: Vec<(i64, Vec<u8>, bool)> = sqlx::query_as(
+                        "SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version",
+                    )
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.into_iter()
+                        .map(|(version, checksum, success)| super::AppliedMigration {
+                            version,
+                            checksum,
+                            success,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                super::compare_migrations(&$migrator, &applied)
+            }
+
+            async fn migrate(&self) -> Result<usize, StorageError> {
+                let pending = self.pending_migrations().await?.len();
+                // On PostgreSQL sqlx takes an advisory lock, so instances migrating at
+                // once do not collide.
+                $migrator.run(&self.pool).await?;
+                Ok(pending)
+            }
 
             async fn list_keys(&self) -> Result<Vec<super::StoredKey>, StorageError> {
                 let sql = format!(

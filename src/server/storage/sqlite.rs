@@ -1,6 +1,6 @@
 //! SQLite storage: the zero-configuration default, one file under the data directory.
 
-use super::{AppliedMigration, InstanceInfo, PendingMigration, StorageError, compare_migrations};
+use super::{InstanceInfo, StorageError};
 use crate::server::config::{Backend, DatabaseUrl};
 use sqlx::Row as _;
 use sqlx::migrate::Migrator;
@@ -76,6 +76,8 @@ super::shared::storage_impl! {
     db = sqlx::Sqlite,
     begin = "BEGIN IMMEDIATE",
     lock_head = "SELECT last_id, last_hash FROM audit_head WHERE id = 1",
+    migrator = MIGRATOR,
+    migrations_exist = "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
     notify = "",
     specific = {
     fn backend(&self) -> Backend {
@@ -91,35 +93,6 @@ super::shared::storage_impl! {
         }
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    async fn pending_migrations(&self) -> Result<Vec<PendingMigration>, StorageError> {
-        let exists: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let applied = if exists {
-            sqlx::query("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
-                .fetch_all(&self.pool)
-                .await?
-                .into_iter()
-                .map(|r| AppliedMigration {
-                    version: r.get("version"),
-                    checksum: r.get("checksum"),
-                    success: r.get("success"),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        compare_migrations(&MIGRATOR, &applied)
-    }
-
-    async fn migrate(&self) -> Result<usize, StorageError> {
-        let pending = self.pending_migrations().await?.len();
-        MIGRATOR.run(&self.pool).await?;
-        Ok(pending)
     }
 
     async fn instance_info(&self) -> Result<InstanceInfo, StorageError> {
