@@ -82,6 +82,19 @@ async fn check_invariants(app: &TestApp) {
     audit::verify_chain(&events, head_id, &head_hash).unwrap();
 }
 
+/// The newest events of one kind.
+async fn events_of(app: &TestApp, kind: &str) -> Vec<signet::server::audit::StoredEvent> {
+    app.state
+        .storage
+        .list_events(&signet::server::storage::EventQuery {
+            kind: Some(kind.into()),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
 fn active_kid(app: &TestApp, alg: Algorithm) -> Kid {
     app.state.keys.snapshot().signers[&alg].kid.clone()
 }
@@ -201,16 +214,7 @@ async fn rotation_promotes_the_prepublished_next_key() {
         assert_eq!(kids_of(&after).len(), 6);
         check_invariants(&app).await;
 
-        let events = app
-            .state
-            .storage
-            .list_events(&signet::server::storage::EventQuery {
-                kind: Some("keys.rotated".into()),
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let events = events_of(&app, "keys.rotated").await;
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].level, "notice");
         assert_eq!(events[0].trigger, "cli");
@@ -423,16 +427,7 @@ async fn reencrypt_moves_every_key_to_the_active_kek() {
     let rows = app.state.storage.list_keys().await.unwrap();
     assert!(rows.iter().all(|k| k.kek_id.as_deref() == Some("k2")));
     check_invariants(&app).await;
-    let events = app
-        .state
-        .storage
-        .list_events(&signet::server::storage::EventQuery {
-            kind: Some("keys.reencrypted".into()),
-            limit: 5,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = events_of(&app, "keys.reencrypted").await;
     assert_eq!(events.len(), 1);
 }
 
@@ -659,27 +654,12 @@ async fn more_than_eight_rotated_keys_expire_the_oldest_early_with_a_warning() {
         let oldest = rows.iter().find(|k| k.info.kid == first).unwrap();
         assert_eq!(oldest.info.state, KeyState::Expired);
         assert!(!kids_of(&jwks(&app).await).contains(first.as_str()));
-        let query = |kind: &str| signet::server::storage::EventQuery {
-            kind: Some(kind.into()),
-            limit: 20,
-            ..Default::default()
-        };
-        let early = app
-            .state
-            .storage
-            .list_events(&query("keys.expired_early"))
-            .await
-            .unwrap();
+        let early = events_of(&app, "keys.expired_early").await;
         assert_eq!(early.len(), 1, "{backend:?}");
         assert_eq!(early[0].level, "warning");
         assert_eq!(early[0].kids, vec![first.to_string()]);
         // The configured level applies to rotation events.
-        let rotations = app
-            .state
-            .storage
-            .list_events(&query("keys.rotated"))
-            .await
-            .unwrap();
+        let rotations = events_of(&app, "keys.rotated").await;
         assert_eq!(rotations.len(), 9);
         assert!(rotations.iter().all(|e| e.level == "warning"));
         check_invariants(&app).await;

@@ -85,12 +85,7 @@ async fn postgres_serve_with_migrate_flag_applies_them() {
 #[tokio::test]
 async fn refuses_a_schema_from_a_newer_signet_on_both_backends() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let db = TestDb::new(backend).await;
-        let storage = storage::connect(&DatabaseUrl::parse(&db.url).unwrap())
-            .await
-            .unwrap();
-        storage.migrate().await.unwrap();
-        storage.close().await;
+        let db = migrated(backend).await;
         // The two engines spell a blob literal differently.
         let blob = if db.is_postgres() { "'\\x00'" } else { "X'00'" };
         db.execute(&format!(
@@ -115,12 +110,7 @@ async fn refuses_a_schema_from_a_newer_signet_on_both_backends() {
 #[tokio::test]
 async fn refuses_an_edited_migration_on_both_backends() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let db = TestDb::new(backend).await;
-        let storage = storage::connect(&DatabaseUrl::parse(&db.url).unwrap())
-            .await
-            .unwrap();
-        storage.migrate().await.unwrap();
-        storage.close().await;
+        let db = migrated(backend).await;
         let blob = if db.is_postgres() { "'\\x00'" } else { "X'00'" };
         db.execute(&format!(
             "UPDATE _sqlx_migrations SET checksum = {blob} WHERE version = 1"
@@ -138,6 +128,17 @@ async fn refuses_an_edited_migration_on_both_backends() {
             ),
         }
     }
+}
+
+/// A fresh database with every migration applied, as `signet migrate` leaves it.
+async fn migrated(backend: Backend) -> TestDb {
+    let db = TestDb::new(backend).await;
+    let storage = storage::connect(&DatabaseUrl::parse(&db.url).unwrap())
+        .await
+        .unwrap();
+    storage.migrate().await.unwrap();
+    storage.close().await;
+    db
 }
 
 async fn count_tables(pg_url: &str) -> i64 {
