@@ -121,6 +121,18 @@ pub struct KeyInfo {
     pub last_token_exp: Option<DateTime<Utc>>,
 }
 
+impl KeyInfo {
+    /// Whether the JWKS publishes this key at `now`: `next`, `active`, and `rotated` until
+    /// its publication ends (invariant 2).
+    pub fn is_published(&self, now: DateTime<Utc>) -> bool {
+        match self.state {
+            KeyState::Next | KeyState::Active => true,
+            KeyState::Rotated => self.expires_at.is_none_or(|e| e > now),
+            KeyState::Revoked | KeyState::Expired => false,
+        }
+    }
+}
+
 /// Rules the planner applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -422,13 +434,7 @@ pub fn apply(
 
 /// The keys a JWKS publishes: `next`, `active` and unexpired `rotated` (invariant 2).
 pub fn published(keys: &[KeyInfo], now: DateTime<Utc>) -> Vec<&KeyInfo> {
-    keys.iter()
-        .filter(|k| match k.state {
-            KeyState::Next | KeyState::Active => true,
-            KeyState::Rotated => k.expires_at.is_none_or(|e| e > now),
-            KeyState::Revoked | KeyState::Expired => false,
-        })
-        .collect()
+    keys.iter().filter(|k| k.is_published(now)).collect()
 }
 
 #[cfg(test)]

@@ -305,30 +305,32 @@ fn parse_alg(name: Option<&str>) -> Result<Option<Algorithm>, ApiError> {
     .transpose()
 }
 
-fn key_json(info: &crate::domain::KeyInfo, jwk: Option<Value>) -> Value {
-    json!({
-        "kid": info.kid,
-        "alg": info.alg,
-        "state": info.state,
-        "created_at": info.created_at,
-        "activated_at": info.activated_at,
-        "rotated_at": info.rotated_at,
-        "revoked_at": info.revoked_at,
-        "expires_at": info.expires_at,
-        "jwk": jwk,
-    })
+/// The `{"keys": [...]}` answer of `GET /keys`, also printed by `signet keys --json`.
+pub fn keys_json(keys: &[crate::server::storage::StoredKey]) -> Value {
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|k| {
+            let jwk: Option<Value> = serde_json::from_str(&k.public_jwk).ok();
+            let info = &k.info;
+            json!({
+                "kid": info.kid,
+                "alg": info.alg,
+                "state": info.state,
+                "created_at": info.created_at,
+                "activated_at": info.activated_at,
+                "rotated_at": info.rotated_at,
+                "revoked_at": info.revoked_at,
+                "expires_at": info.expires_at,
+                "jwk": jwk,
+            })
+        })
+        .collect();
+    json!({ "keys": keys })
 }
 
 async fn list_keys(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require("keys:read")?;
-    let keys: Vec<Value> = state
-        .storage
-        .list_keys()
-        .await?
-        .iter()
-        .map(|k| key_json(&k.info, serde_json::from_str(&k.public_jwk).ok()))
-        .collect();
-    Ok(Json(json!({ "keys": keys })))
+    Ok(Json(keys_json(&state.storage.list_keys().await?)))
 }
 
 #[derive(Deserialize, Default)]

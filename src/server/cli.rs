@@ -226,28 +226,8 @@ async fn keys(config: Config, json: bool) -> anyhow::Result<()> {
     storage.close().await;
     drop(keys);
     if json {
-        let keys: Vec<serde_json::Value> = list
-            .iter()
-            .map(|k| {
-                let jwk: serde_json::Value =
-                    serde_json::from_str(&k.public_jwk).unwrap_or(serde_json::Value::Null);
-                serde_json::json!({
-                    "kid": k.info.kid,
-                    "alg": k.info.alg,
-                    "state": k.info.state,
-                    "created_at": k.info.created_at,
-                    "activated_at": k.info.activated_at,
-                    "rotated_at": k.info.rotated_at,
-                    "revoked_at": k.info.revoked_at,
-                    "expires_at": k.info.expires_at,
-                    "jwk": jwk,
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "keys": keys }))?
-        );
+        let answer = crate::server::api::keys_json(&list);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
         println!(
             "{:<7} {:<8} {:<44} {:<20} PUBLISHED UNTIL",

@@ -561,10 +561,8 @@ impl KeyService {
     ) -> Result<KeySnapshot, KeyError> {
         let now = Utc::now();
         let infos: Vec<KeyInfo> = stored.iter().map(|k| k.info.clone()).collect();
-        let mut published: Vec<&StoredKey> = stored
-            .iter()
-            .filter(|k| lifecycle::published(std::slice::from_ref(&k.info), now).len() == 1)
-            .collect();
+        let mut published: Vec<&StoredKey> =
+            stored.iter().filter(|k| k.info.is_published(now)).collect();
         // Stable, useful order: by algorithm, then active, next, newest rotated.
         published.sort_by_key(|k| {
             let rank = match k.info.state {

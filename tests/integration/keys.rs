@@ -41,11 +41,7 @@ async fn check_invariants(app: &TestApp) {
     let now = Utc::now();
     let expected: BTreeSet<String> = keys
         .iter()
-        .filter(|k| match k.info.state {
-            KeyState::Next | KeyState::Active => true,
-            KeyState::Rotated => k.info.expires_at.is_none_or(|e| e > now),
-            _ => false,
-        })
+        .filter(|k| k.info.is_published(now))
         .map(|k| k.info.kid.to_string())
         .collect();
     let served = jwks(app).await;
@@ -494,6 +490,17 @@ async fn cli_changes_reach_the_running_server_within_a_second() {
     for backend in BACKENDS {
         let app = spawn_app(backend).await;
         let before = kids_of(&jwks(&app).await);
+        // `keys --json` prints the same shape as GET /api/v1/keys.
+        let out = run_signet(&app.db.env(), &["keys", "--json"]);
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed_kids: BTreeSet<String> = listed["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(listed_kids, before, "{backend:?}");
+        assert!(listed["keys"][0]["jwk"]["kty"].is_string());
         let out = run_signet(&app.db.env(), &["rotate", "--alg", "EdDSA"]);
         assert!(
             out.status.success(),

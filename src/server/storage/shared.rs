@@ -23,6 +23,15 @@ pub const KEY_COLUMNS: &str = "kid, alg, state, public_jwk, private_sealed, kek_
 pub const EVENT_COLUMNS: &str =
     "id, at, level, kind, actor, trigger, source, kids, reason, details, prev_hash, hash";
 
+/// A unique-index violation means another writer got there first: a `Conflict`, which
+/// callers retry or report, not a database failure.
+pub fn unique_is_conflict(e: sqlx::Error) -> StorageError {
+    match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StorageError::Conflict,
+        other => other.into(),
+    }
+}
+
 fn corrupt(what: &str, value: &str) -> StorageError {
     StorageError::Corrupt(format!("{what} '{value}'"))
 }
@@ -254,7 +263,7 @@ macro_rules! storage_impl {
                 }
                 for k in &change.new_keys {
                     let activated = (k.state == KeyState::Active).then_some(change.now);
-                    let inserted = sqlx::query(
+                    sqlx::query(
                         "INSERT INTO signing_keys (kid, alg, state, public_jwk, private_sealed, \
                            kek_id, created_at, activated_at) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -268,16 +277,10 @@ macro_rules! storage_impl {
                     .bind(change.now)
                     .bind(activated)
                     .execute(&mut *tx)
-                    .await;
-                    match inserted {
-                        Ok(_) => {}
-                        // The one-active/one-next indexes: someone else bootstrapped or
-                        // rotated first.
-                        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                            return Err(StorageError::Conflict);
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+                    .await
+                    // The one-active/one-next indexes: someone else bootstrapped or
+                    // rotated first.
+                    .map_err(super::shared::unique_is_conflict)?;
                 }
                 sqlx::query("UPDATE key_version SET version = version + 1 WHERE id = 1")
                     .execute(&mut *tx)
@@ -372,7 +375,7 @@ macro_rules! storage_impl {
                 event: &crate::server::audit::NewEvent,
             ) -> Result<(), StorageError> {
                 let mut tx = self.pool.begin_with($begin).await?;
-                let inserted = sqlx::query(
+                sqlx::query(
                     "INSERT INTO api_tokens (id, name, secret_hash, scopes, created_at) \
                      VALUES ($1, $2, $3, $4, $5)",
                 )
@@ -382,14 +385,9 @@ macro_rules! storage_impl {
                 .bind(t.scopes.join(" "))
                 .bind(t.created_at)
                 .execute(&mut *tx)
-                .await;
-                match inserted {
-                    Ok(_) => {}
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        return Err(StorageError::Conflict);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                .await
+                // The token name is unique.
+                .map_err(super::shared::unique_is_conflict)?;
                 Self::append_event(&mut tx, event, t.created_at).await?;
                 tx.commit().await?;
                 Ok(())
