@@ -11,7 +11,12 @@ if (!bin) {
 }
 const port = process.env.E2E_PORT ?? '3917';
 const baseURL = `http://127.0.0.1:${port}`;
-const dataDir = mkdtempSync(join(tmpdir(), 'signet-e2e-'));
+// The config is evaluated in the runner and again in each worker; workers inherit the
+// runner's environment, so they all find the same data directory (tests read the first
+// start's output there and run the CLI against it).
+process.env.E2E_DATA_DIR ??= mkdtempSync(join(tmpdir(), 'signet-e2e-'));
+const dataDir = process.env.E2E_DATA_DIR;
+process.env.E2E_BASE_URL = baseURL;
 
 export default defineConfig({
   testDir: './tests',
@@ -40,9 +45,16 @@ export default defineConfig({
       ],
     },
   },
-  projects: [{ name: 'chromium', use: { browserName: 'chromium' } }],
+  projects: [
+    // Signs in with the first start's one-time password, chooses the admin's password and
+    // creates a viewer; every other test depends on it.
+    { name: 'setup', testMatch: /first-start\.setup\.ts/, use: { browserName: 'chromium' } },
+    { name: 'chromium', dependencies: ['setup'], use: { browserName: 'chromium' } },
+  ],
   webServer: {
-    command: `"${bin}" serve`,
+    // stdout (the URL and the first admin's one-time password) goes to a file the setup
+    // reads; logs (stderr) still reach the reporter.
+    command: `"${bin}" serve > "${dataDir}/server.out"`,
     url: `${baseURL}/health/ready`,
     reuseExistingServer: false,
     timeout: 60_000,

@@ -1,22 +1,36 @@
 //! The admin UI: one Leptos app, rendered on the server and hydrated in the browser.
 //!
-//! Pages live in their own modules. Server functions stay thin: they read the server's
-//! state from context, call server code, and return a wire type from [`wire`].
+//! Pages live in their own modules. Server functions stay thin: they check the caller
+//! ([`guard`]), call server code, and return a wire type from [`wire`].
 
+mod auth;
+mod events;
+mod guard;
 mod jwks;
-mod login;
 mod overview;
 mod pages;
 mod schedule;
+mod settings;
+mod timeline;
 pub mod wire;
 
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::components::{A, Route, Router, Routes};
 use leptos_router::path;
+use wire::Me;
 
-/// The HTML document around the app.
+/// The HTML document around the app. On the server it also sets the page's CSP, whose
+/// script nonce Leptos puts on the hydration scripts.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    if let (Some(nonce), Some(res)) = (
+        leptos::nonce::use_nonce(),
+        use_context::<leptos_axum::ResponseOptions>(),
+    ) && let Ok(value) = axum::http::HeaderValue::from_str(&crate::server::web::page_csp(&nonce))
+    {
+        res.insert_header(axum::http::header::CONTENT_SECURITY_POLICY, value);
+    }
     view! {
         <!DOCTYPE html>
         <html lang="en">
@@ -34,9 +48,34 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
     }
 }
 
+/// The signed-in admin, loaded once per page load and shared with every page.
+pub type MeResource = Resource<Result<Option<Me>, ServerFnError>>;
+
+/// Whether the signed-in admin may change things. Pages render their changing controls
+/// disabled until this is true, which is never for a viewer.
+pub fn can_change() -> Signal<bool> {
+    let me = use_context::<MeResource>();
+    Signal::derive(move || {
+        me.and_then(|m| m.get())
+            .and_then(Result::ok)
+            .flatten()
+            .is_some_and(|m| m.role == crate::domain::Role::Admin && !m.must_change_password)
+    })
+}
+
+/// A signal that turns true once the page has hydrated: an Effect runs only in the
+/// browser, so controls that need the wasm stay disabled until a click can work.
+pub fn hydrated() -> ReadSignal<bool> {
+    let (get, set) = signal(false);
+    Effect::new(move |_| set.set(true));
+    get
+}
+
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    let me: MeResource = Resource::new(|| (), |()| auth::who_am_i());
+    provide_context(me);
     view! {
         <Stylesheet id="leptos" href="/pkg/signet.css" />
         <Title formatter=|page: String| format!("{page} · Signet") />
@@ -45,10 +84,12 @@ pub fn App() -> impl IntoView {
             <main id="main">
                 <Routes fallback=pages::NotFound>
                     <Route path=path!("/") view=overview::OverviewPage />
-                    <Route path=path!("/login") view=login::LoginPage />
+                    <Route path=path!("/login") view=auth::LoginPage />
+                    <Route path=path!("/account/password") view=auth::PasswordPage />
                     <Route path=path!("/config/jwks") view=jwks::JwksPage />
                     <Route path=path!("/config/schedule") view=schedule::SchedulePage />
-                    <Route path=path!("/events") view=pages::EventsPage />
+                    <Route path=path!("/events") view=events::EventsPage />
+                    <Route path=path!("/settings") view=settings::SettingsPage />
                 </Routes>
             </main>
         </Router>
@@ -57,6 +98,7 @@ pub fn App() -> impl IntoView {
 
 #[component]
 fn Nav() -> impl IntoView {
+    let me = expect_context::<MeResource>();
     view! {
         <header class="topbar">
             <a class="skip" href="#main">"Skip to content"</a>
@@ -71,9 +113,50 @@ fn Nav() -> impl IntoView {
                         </ul>
                     </li>
                     <li><A href="/events">"Events"</A></li>
+                    <li><A href="/settings">"Settings"</A></li>
                 </ul>
             </nav>
-            <A href="/login" attr:class="signin">"Sign in"</A>
+            <Transition fallback=|| ()>
+                {move || Suspend::new(async move {
+                    match me.await {
+                        Ok(Some(m)) => view! { <Account me=m /> }.into_any(),
+                        _ => view! { <A href="/login" attr:class="signin">"Sign in"</A> }.into_any(),
+                    }
+                })}
+            </Transition>
         </header>
+    }
+}
+
+/// Who is signed in, and the sign-out button.
+#[component]
+fn Account(me: Me) -> impl IntoView {
+    let ready = hydrated();
+    let sign_out = ServerAction::<auth::SignOut>::new();
+    Effect::new(move |_| {
+        // Signed out, or the session had already ended: either way, to the sign-in page.
+        if sign_out.value().get().is_some() {
+            auth::go("/login");
+        }
+    });
+    view! {
+        <div class="account">
+            <span class="who" title="Signed in">
+                <span id="me-email">{me.email}</span>
+                " "
+                <span class=format!("role {}", me.role)>{me.role.to_string()}</span>
+            </span>
+            <button
+                type="button"
+                class="ghost"
+                id="sign-out"
+                disabled=move || !ready.get() || sign_out.pending().get()
+                on:click=move |_| {
+                    sign_out.dispatch(auth::SignOut {});
+                }
+            >
+                "Sign out"
+            </button>
+        </div>
     }
 }

@@ -4,10 +4,12 @@ use super::wire::InstanceView;
 use leptos::prelude::*;
 use leptos_meta::Title;
 
-#[server]
+#[server(prefix = "/ui", endpoint = "instance_status")]
 pub async fn instance_status() -> Result<InstanceView, ServerFnError> {
-    use crate::server::AppState;
-    let state = expect_context::<AppState>();
+    use super::guard::{Access, require};
+    let state = require(crate::domain::Role::Viewer, Access::Read)
+        .await?
+        .state;
     let info = state.storage.instance_info().await.map_err(|e| {
         tracing::error!(error = %e, "cannot read instance info");
         ServerFnError::new("the database is unavailable")

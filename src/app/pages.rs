@@ -1,16 +1,7 @@
-//! The events page (its audit view comes with the admin UI) and the 404 page.
+//! The 404 page.
 
 use leptos::prelude::*;
 use leptos_meta::Title;
-
-#[component]
-pub fn EventsPage() -> impl IntoView {
-    view! {
-        <Title text="Events" />
-        <h1>"Events"</h1>
-        <p>"The audit log appears here once the key lifecycle records events."</p>
-    }
-}
 
 #[component]
 pub fn NotFound() -> impl IntoView {

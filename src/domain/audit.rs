@@ -13,6 +13,8 @@ pub enum Level {
 }
 
 impl Level {
+    pub const ALL: [Level; 4] = [Level::Info, Level::Notice, Level::Warning, Level::Critical];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Info => "info",
@@ -23,9 +25,7 @@ impl Level {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Level::Info, Level::Notice, Level::Warning, Level::Critical]
-            .into_iter()
-            .find(|l| l.as_str() == s)
+        Self::ALL.into_iter().find(|l| l.as_str() == s)
     }
 }
 
@@ -78,4 +78,34 @@ pub mod kind {
     pub const KEYS_REENCRYPTED: &str = "keys.reencrypted";
     pub const SCHEDULE_CHANGED: &str = "schedule.changed";
     pub const TOKEN_CREATED: &str = "token.created";
+    pub const TOKEN_REVOKED: &str = "token.revoked";
+    pub const ADMIN_LOGIN: &str = "admin.login";
+    pub const ADMIN_LOGIN_FAILED: &str = "admin.login_failed";
+    pub const ADMIN_LOGOUT: &str = "admin.logout";
+    pub const ADMIN_CREATED: &str = "admin.created";
+    pub const ADMIN_DISABLED: &str = "admin.disabled";
+    pub const ADMIN_ENABLED: &str = "admin.enabled";
+    pub const ADMIN_PASSWORD_RESET: &str = "admin.password_reset";
+    pub const ADMIN_PASSWORD_CHANGED: &str = "admin.password_changed";
+
+    /// Every kind, for the events page's filter.
+    pub const ALL: [&str; 17] = [
+        KEYS_CREATED,
+        KEYS_ROTATED,
+        KEYS_REVOKED,
+        KEYS_EXPIRED,
+        KEYS_EXPIRED_EARLY,
+        KEYS_REENCRYPTED,
+        SCHEDULE_CHANGED,
+        TOKEN_CREATED,
+        TOKEN_REVOKED,
+        ADMIN_LOGIN,
+        ADMIN_LOGIN_FAILED,
+        ADMIN_LOGOUT,
+        ADMIN_CREATED,
+        ADMIN_DISABLED,
+        ADMIN_ENABLED,
+        ADMIN_PASSWORD_RESET,
+        ADMIN_PASSWORD_CHANGED,
+    ];
 }

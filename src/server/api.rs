@@ -519,6 +519,7 @@ async fn events(
         since: p.since,
         until: p.until,
         before_id,
+        after_id: None,
         limit: limit + 1,
     };
     let mut rows = state.storage.list_events(&query).await?;

@@ -73,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage admin accounts of the web UI.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Work with the audit log.
     Audit {
         #[command(subcommand)]
@@ -90,6 +95,24 @@ enum TokenCommand {
         #[arg(long = "scope", required = true, num_args = 1..)]
         scopes: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create an admin. Without --password-stdin, prints a generated one-time password
+    /// alone on stdout; the admin chooses their own at the first sign-in.
+    Create {
+        email: String,
+        /// admin (may change things) or viewer (may look).
+        #[arg(long, default_value = "admin", value_parser = ["admin", "viewer"])]
+        role: String,
+        /// Read the password from the first line of stdin instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Give an admin a new one-time password (printed alone on stdout) and end their
+    /// sessions.
+    ResetPassword { email: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +168,17 @@ pub async fn run() -> ExitCode {
         Command::Token {
             command: TokenCommand::Create { name, scopes },
         } => token_create(config, name, scopes).await,
+        Command::Admin {
+            command:
+                AdminCommand::Create {
+                    email,
+                    role,
+                    password_stdin,
+                },
+        } => admin_create(config, email, role, password_stdin).await,
+        Command::Admin {
+            command: AdminCommand::ResetPassword { email },
+        } => admin_reset(config, email).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,10 +190,18 @@ pub async fn run() -> ExitCode {
 }
 
 async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
-    let app = Application::build(config, options).await?;
+    let mut app = Application::build(config, options).await?;
     let url = app.url();
     tracing::info!(%url, "Signet is listening");
     println!("Signet is running at {url}");
+    if let Some((email, password)) = app.take_first_admin() {
+        // Printed once, to the operator's terminal, never to the log.
+        println!();
+        println!("First start: created the admin account {email}.");
+        println!("One-time password: {password}");
+        println!("Sign in at {url}/login and choose your own password.");
+        println!();
+    }
     app.run_until_stopped(startup::shutdown_signal()).await?;
     Ok(())
 }
@@ -285,5 +327,54 @@ async fn token_create(config: Config, name: String, scopes: Vec<String>) -> anyh
     let secret = result?;
     println!("{secret}");
     eprintln!("signet: token '{name}' created; the secret above is shown only once");
+    Ok(())
+}
+
+async fn admin_create(
+    config: Config,
+    email: String,
+    role: String,
+    password_stdin: bool,
+) -> anyhow::Result<()> {
+    let role = crate::domain::Role::parse(&role)
+        .ok_or_else(|| anyhow::anyhow!("--role must be admin or viewer"))?;
+    let password = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        Some(line)
+    } else {
+        None
+    };
+    let (storage, _) = start::open(&config, ServeOptions::default()).await?;
+    let result =
+        crate::server::auth::create_admin(storage.as_ref(), &email, role, password, &Actor::cli())
+            .await;
+    storage.close().await;
+    let (admin, generated) = result?;
+    match generated {
+        Some(password) => {
+            println!("{password}");
+            eprintln!(
+                "signet: {role} {} created; the one-time password above is shown only once and \
+                 must be changed at the first sign-in",
+                admin.email
+            );
+        }
+        None => eprintln!("signet: {role} {} created", admin.email),
+    }
+    Ok(())
+}
+
+async fn admin_reset(config: Config, email: String) -> anyhow::Result<()> {
+    let (storage, _) = start::open(&config, ServeOptions::default()).await?;
+    let result = crate::server::auth::reset_password(storage.as_ref(), &email, &Actor::cli()).await;
+    storage.close().await;
+    let password = result?;
+    println!("{password}");
+    eprintln!(
+        "signet: new one-time password for {} above (shown only once); their sessions have ended",
+        email.trim().to_lowercase()
+    );
     Ok(())
 }

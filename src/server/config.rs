@@ -5,7 +5,7 @@
 //! at once, each naming the setting and its source, so an operator fixes them in one go.
 
 use crate::domain::audit::Level;
-use crate::domain::{AlgorithmList, CronSchedule, Retention, RsaBits};
+use crate::domain::{AlgorithmList, CronSchedule, Email, Retention, RsaBits};
 use crate::server::kek::{self, Keyring};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -33,6 +33,9 @@ pub const SETTINGS: &[&str] = &[
     "max_token_ttl",
     "jwks_max_age",
     "rotation_event_level",
+    "session_idle",
+    "session_lifetime",
+    "first_admin_email",
 ];
 
 /// Settings whose values are secret and never printed.
@@ -224,6 +227,12 @@ pub struct Config {
     pub jwks_max_age: Retention,
     /// The audit level of rotation events.
     pub rotation_event_level: Level,
+    /// An admin session ends after this long without a request.
+    pub session_idle: Retention,
+    /// An admin session ends this long after sign-in, however busy.
+    pub session_lifetime: Retention,
+    /// The email of the admin created on the first start.
+    pub first_admin_email: Email,
     /// The text (secrets already redacted) and source of every setting, for `config check`.
     raw: BTreeMap<&'static str, (String, Source)>,
     /// Things worth telling the operator that do not stop Signet.
@@ -333,6 +342,24 @@ impl Config {
                 format!("unknown level '{s}' (expected info, notice, warning or critical)")
             })
         });
+        let session_idle = p.field("session_idle", "30m", |s| {
+            Retention::parse(s).map_err(|e| e.to_string().replace("retention", "the idle time"))
+        });
+        let session_lifetime = p.field("session_lifetime", "12h", |s| {
+            Retention::parse(s)
+                .map_err(|e| e.to_string().replace("retention", "the session lifetime"))
+        });
+        if let (Some(idle), Some(lifetime)) = (session_idle, session_lifetime)
+            && idle > lifetime
+        {
+            p.fail(
+                "session_idle",
+                format!("the idle time ({idle}) must not exceed the session lifetime ({lifetime})"),
+            );
+        }
+        let first_admin_email = p.field("first_admin_email", "admin@localhost", |s| {
+            Email::parse(s).map_err(|e| e.to_string())
+        });
         // Invariant 4: a token must never outlive the publication of its key.
         if let (Some(ttl), Some(retention)) = (max_token_ttl, retention)
             && ttl >= retention
@@ -405,6 +432,9 @@ impl Config {
             max_token_ttl,
             jwks_max_age,
             rotation_event_level,
+            session_idle,
+            session_lifetime,
+            first_admin_email,
         ) {
             (
                 Some(listen),
@@ -422,6 +452,9 @@ impl Config {
                 Some(max_token_ttl),
                 Some(jwks_max_age),
                 Some(rotation_event_level),
+                Some(session_idle),
+                Some(session_lifetime),
+                Some(first_admin_email),
             ) => Ok(Config {
                 listen,
                 public_url,
@@ -438,6 +471,9 @@ impl Config {
                 max_token_ttl,
                 jwks_max_age,
                 rotation_event_level,
+                session_idle,
+                session_lifetime,
+                first_admin_email,
                 raw,
                 warnings,
             }),

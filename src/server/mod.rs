@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod crypto;
@@ -10,11 +11,14 @@ pub mod health;
 pub mod jwt;
 pub mod kek;
 pub mod keys;
+pub mod pem;
+pub mod session;
 pub mod startup;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
 pub mod tokens;
+pub mod web;
 pub mod wellknown;
 
 pub use config::Config;

@@ -3,6 +3,7 @@
 
 use crate::app::{App, shell};
 use crate::server::api;
+use crate::server::auth;
 use crate::server::config::{Backend, Config, KekSource};
 use crate::server::health;
 use crate::server::kek::{self, KekError, Keyring};
@@ -10,6 +11,7 @@ use crate::server::keys::{Actor, KeyError, KeyService};
 use crate::server::state::AppState;
 use crate::server::storage::{self, PendingMigration, Storage, StorageError};
 use crate::server::wellknown;
+use crate::server::{session, web};
 use axum::Router;
 use chrono::Utc;
 use leptos::prelude::LeptosOptions;
@@ -46,6 +48,8 @@ pub enum StartupError {
     Storage(#[from] StorageError),
     #[error("signing keys: {0}")]
     Keys(#[from] KeyError),
+    #[error("first admin: {0}")]
+    Admin(#[from] auth::AuthError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
 }
@@ -63,6 +67,8 @@ pub struct Application {
     router: Router,
     addr: SocketAddr,
     state: AppState,
+    /// The email and one-time password of the admin created on this first start.
+    first_admin: Option<(String, String)>,
 }
 
 impl Application {
@@ -79,6 +85,9 @@ impl Application {
         ));
         keys.bootstrap(&Actor::system()).await?;
         keys.expire(Utc::now()).await?;
+        let first_admin = auth::ensure_first_admin(storage.as_ref(), &config.first_admin_email)
+            .await?
+            .map(|password| (config.first_admin_email.to_string(), password));
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -100,7 +109,14 @@ impl Application {
             router,
             addr,
             state,
+            first_admin,
         })
+    }
+
+    /// The first admin's email and one-time password, if this start created it. Taken
+    /// once, so it is printed once.
+    pub fn take_first_admin(&mut self) -> Option<(String, String)> {
+        self.first_admin.take()
     }
 
     /// The address actually bound (differs from the configured one when that had port 0).
@@ -129,7 +145,10 @@ impl Application {
                 self.state.keys.clone(),
                 self.state.storage.clone(),
             )),
-            tokio::spawn(housekeeping(self.state.keys.clone())),
+            tokio::spawn(housekeeping(
+                self.state.keys.clone(),
+                self.state.storage.clone(),
+            )),
         ];
         let served = axum::serve(
             self.listener,
@@ -243,15 +262,27 @@ fn leptos_options(addr: SocketAddr) -> LeptosOptions {
 
 fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
-    Router::new()
-        .merge(health::router())
-        .merge(wellknown::router())
-        .nest("/api/v1", api::router())
+    // The admin UI (pages, server functions, event stream, exports) runs behind the
+    // session layer and the sign-in gate; the JWKS, health and API routes never touch
+    // a session.
+    let ui = Router::new()
         .leptos_routes(&state, routes, {
             let options = state.leptos_options.clone();
             move || shell(options.clone())
         })
+        .merge(web::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::page_gate,
+        ))
+        .layer(session::layer(state.storage.clone(), &state.config));
+    Router::new()
+        .merge(health::router())
+        .merge(wellknown::router())
+        .nest("/api/v1", api::router())
+        .merge(ui)
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(axum::middleware::from_fn(web::security_headers))
         .with_state(state)
 }
 
@@ -301,14 +332,20 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Expires rotated keys whose publication has ended, every minute.
-pub async fn housekeeping(keys: Arc<KeyService>) {
+/// Every minute: expires rotated keys whose publication has ended, and deletes expired
+/// sessions and stale sign-in counters.
+pub async fn housekeeping(keys: Arc<KeyService>, storage: Arc<dyn Storage>) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if let Err(e) = keys.expire(Utc::now()).await {
             tracing::warn!(error = %e, "housekeeping failed");
+        }
+        match storage.prune_sessions(Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(sessions = n, "expired sessions deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune sessions"),
         }
     }
 }

@@ -117,6 +117,25 @@ pub async fn create(
     }
 }
 
+/// Revokes a token by id; `false` if there is none or it is already revoked. Requests
+/// carrying it fail from then on.
+pub async fn revoke(storage: &dyn Storage, id: &str, actor: &Actor) -> Result<bool, StorageError> {
+    let Some(row) = storage.find_api_token(id).await? else {
+        return Ok(false);
+    };
+    let event = NewEvent {
+        level: Level::Notice,
+        kind: kind::TOKEN_REVOKED,
+        actor: actor.name.clone(),
+        trigger: actor.trigger,
+        source: actor.source.clone(),
+        kids: Vec::new(),
+        reason: None,
+        details: serde_json::json!({ "name": row.name, "id": row.id }),
+    };
+    storage.revoke_api_token(id, audit::now(), &event).await
+}
+
 /// Checks a bearer token. `None` for anything that is not a valid, unrevoked token; the
 /// caller answers 401 without saying which part was wrong.
 pub async fn authenticate(

@@ -173,6 +173,8 @@ pub fn run_signet(env: &[(String, String)], args: &[&str]) -> std::process::Outp
 /// A running server and a client for it.
 pub struct TestApp {
     pub url: String,
+    /// The email and one-time password of the admin this start created, if it did.
+    pub first_admin: Option<(String, String)>,
     pub client: reqwest::Client,
     pub state: AppState,
     pub db: TestDb,
@@ -250,10 +252,11 @@ async fn start(
     config: Config,
     options: ServeOptions,
 ) -> Result<TestApp, (StartupError, TestDb)> {
-    let app = match Application::build(config, options).await {
+    let mut app = match Application::build(config, options).await {
         Ok(app) => app,
         Err(e) => return Err((e, db)),
     };
+    let first_admin = app.take_first_admin();
     let url = app.url();
     let state = app.state().clone();
     let (tx, rx) = oneshot::channel::<()>();
@@ -262,6 +265,7 @@ async fn start(
     }));
     Ok(TestApp {
         url,
+        first_admin,
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -271,4 +275,140 @@ async fn start(
         shutdown: Some(tx),
         task: Some(task),
     })
+}
+
+/// A browser's view of the admin UI: a session cookie, and requests that carry this
+/// site's `Origin` like a page of it would.
+pub struct UiClient {
+    pub base: String,
+    pub cookie: Option<String>,
+    pub origin: Option<String>,
+    client: reqwest::Client,
+}
+
+/// A server function's answer.
+#[derive(Debug)]
+pub struct UiAnswer {
+    pub status: reqwest::StatusCode,
+    pub body: String,
+    pub set_cookie: Vec<String>,
+}
+
+impl UiAnswer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl UiClient {
+    pub fn new(app: &TestApp) -> Self {
+        Self {
+            base: app.url.clone(),
+            cookie: None,
+            origin: Some(app.url.clone()),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+        }
+    }
+
+    /// Calls the server function at `/ui/{name}` with a form-encoded body (already
+    /// encoded), keeping the session cookie it sets.
+    pub async fn call(&mut self, name: &str, body: &str) -> UiAnswer {
+        let mut req = self
+            .client
+            .post(format!("{}/ui/{name}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_string());
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", c.clone());
+        }
+        if let Some(o) = &self.origin {
+            req = req.header("origin", o.clone());
+        }
+        let res = req.send().await.expect("request reaches the server");
+        self.answer(res).await
+    }
+
+    pub async fn get(&mut self, path: &str) -> UiAnswer {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", c.clone());
+        }
+        let res = req.send().await.expect("request reaches the server");
+        self.answer(res).await
+    }
+
+    /// A raw GET carrying the session, for streams.
+    pub async fn get_raw(&self, path: &str) -> reqwest::Response {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", c.clone());
+        }
+        req.send().await.expect("request reaches the server")
+    }
+
+    async fn answer(&mut self, res: reqwest::Response) -> UiAnswer {
+        let status = res.status();
+        let set_cookie: Vec<String> = res
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
+        for c in &set_cookie {
+            let pair = c.split(';').next().unwrap_or_default().to_string();
+            if pair.starts_with("signet_session=") {
+                let removed = c.contains("Max-Age=0") || pair == "signet_session=";
+                self.cookie = (!removed).then_some(pair);
+            }
+        }
+        let body = res.text().await.unwrap_or_default();
+        UiAnswer {
+            status,
+            body,
+            set_cookie,
+        }
+    }
+
+    /// Signs in through the sign-in server function.
+    pub async fn sign_in(&mut self, email: &str, password: &str) -> UiAnswer {
+        let body = format!(
+            "email={}&password={}&next=%2Fconfig%2Fjwks",
+            encode(email),
+            encode(password)
+        );
+        self.call("sign_in", &body).await
+    }
+}
+
+/// Percent-encodes a form value.
+pub fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+pub const TEST_PASSWORD: &str = "correct horse battery staple";
+
+/// Creates an admin with a known password through the same code the CLI uses.
+pub async fn create_admin(app: &TestApp, email: &str, role: signet::domain::Role) {
+    signet::server::auth::create_admin(
+        app.state.storage.as_ref(),
+        email,
+        role,
+        Some(TEST_PASSWORD.to_string()),
+        &signet::server::keys::Actor::cli(),
+    )
+    .await
+    .expect("admin created");
+}
+
+/// A signed-in UI client for a new admin with this role.
+pub async fn signed_in(app: &TestApp, email: &str, role: signet::domain::Role) -> UiClient {
+    create_admin(app, email, role).await;
+    let mut ui = UiClient::new(app);
+    let answer = ui.sign_in(email, TEST_PASSWORD).await;
+    assert_eq!(answer.status, 200, "sign-in failed: {}", answer.body);
+    assert!(ui.cookie.is_some(), "sign-in set no session cookie");
+    ui
 }

@@ -79,7 +79,7 @@ async fn check_invariants(app: &TestApp) {
 }
 
 /// The newest events of one kind.
-async fn events_of(app: &TestApp, kind: &str) -> Vec<signet::server::audit::StoredEvent> {
+pub async fn events_of(app: &TestApp, kind: &str) -> Vec<signet::server::audit::StoredEvent> {
     app.state
         .storage
         .list_events(&signet::server::storage::EventQuery {

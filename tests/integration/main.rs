@@ -3,6 +3,7 @@
 #![cfg(feature = "ssr")]
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod api;
 mod cli;
 mod health;
@@ -10,3 +11,4 @@ mod helpers;
 mod interop;
 mod keys;
 mod migrations;
+mod ui;

@@ -8,7 +8,7 @@ mod postgres;
 mod shared;
 mod sqlite;
 
-use crate::domain::{Algorithm, KeyInfo, KeyState, Kid, Transition};
+use crate::domain::{Algorithm, Email, KeyInfo, KeyState, Kid, Role, Transition};
 use crate::server::audit::{NewEvent, StoredEvent};
 use crate::server::config::{Backend, DatabaseUrl};
 use async_trait::async_trait;
@@ -148,7 +148,65 @@ pub struct EventQuery {
     pub until: Option<DateTime<Utc>>,
     /// Only events with a smaller id (the cursor of the previous page).
     pub before_id: Option<i64>,
+    /// Only events with a larger id (what is new since the last look: the live tail).
+    pub after_id: Option<i64>,
     pub limit: i64,
+}
+
+impl EventQuery {
+    /// Whether an event passes the filters (ids and limit aside); the live tail applies
+    /// the same filters to events as they arrive.
+    pub fn matches(&self, e: &StoredEvent) -> bool {
+        self.level.as_ref().is_none_or(|l| *l == e.level)
+            && self.kind.as_ref().is_none_or(|k| *k == e.kind)
+            && self.actor.as_ref().is_none_or(|a| *a == e.actor)
+            && self.since.is_none_or(|t| e.at >= t)
+            && self.until.is_none_or(|t| e.at < t)
+    }
+}
+
+/// An admin account as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminRow {
+    pub id: String,
+    pub email: Email,
+    pub role: Role,
+    /// An argon2id PHC string.
+    pub password_hash: String,
+    /// Set for a generated one-time password: the admin must choose a new one first.
+    pub must_change_password: bool,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub last_login_at: Option<DateTime<Utc>>,
+    /// Sessions that began before this are over (password reset, disabling).
+    pub sessions_valid_after: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for AdminRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminRow")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("role", &self.role)
+            .field("password_hash", &"REDACTED")
+            .field("must_change_password", &self.must_change_password)
+            .field("disabled_at", &self.disabled_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A change to an admin account, with the event that records it.
+#[derive(Debug, Clone)]
+pub enum AdminChange {
+    /// A new password hash; `must_change` for a generated one-time password. With
+    /// `end_sessions`, every session begun before the change is over.
+    Password {
+        hash: String,
+        must_change: bool,
+        end_sessions: bool,
+    },
+    Disabled(bool),
+    SignedIn,
 }
 
 #[async_trait]
@@ -214,6 +272,90 @@ pub trait Storage: Send + Sync + 'static {
         row: &ScheduleRow,
         event: Option<&NewEvent>,
     ) -> Result<(), StorageError>;
+
+    /// Appends one event on its own (sign-ins, sign-outs: changes with no other row).
+    async fn append_event(&self, event: &NewEvent) -> Result<(), StorageError>;
+
+    /// Every API token, newest first.
+    async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRow>, StorageError>;
+
+    /// Marks a token revoked, with its event. `false` if there is no such live token.
+    async fn revoke_api_token(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        event: &NewEvent,
+    ) -> Result<bool, StorageError>;
+
+    async fn count_admins(&self) -> Result<i64, StorageError>;
+
+    /// Every admin, by email.
+    async fn list_admins(&self) -> Result<Vec<AdminRow>, StorageError>;
+
+    async fn find_admin(&self, id: &str) -> Result<Option<AdminRow>, StorageError>;
+
+    async fn find_admin_by_email(&self, email: &Email) -> Result<Option<AdminRow>, StorageError>;
+
+    /// Stores a new admin with its event. `Conflict` if the email is taken. With
+    /// `only_if_none`, does nothing and returns `false` when any admin exists (the first
+    /// start, which several instances may race through).
+    async fn create_admin(
+        &self,
+        admin: &AdminRow,
+        only_if_none: bool,
+        event: &NewEvent,
+    ) -> Result<bool, StorageError>;
+
+    /// Applies a change to an admin, with its event. `false` if there is no such admin.
+    async fn change_admin(
+        &self,
+        id: &str,
+        change: &AdminChange,
+        at: DateTime<Utc>,
+        event: &NewEvent,
+    ) -> Result<bool, StorageError>;
+
+    /// A session record (JSON) that has not expired.
+    async fn load_session(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StorageError>;
+
+    /// Inserts or replaces a session record. With `create`, an existing id is left alone
+    /// and `false` returned (the caller picks another id).
+    async fn save_session(
+        &self,
+        id: &str,
+        record: &str,
+        expires_at: DateTime<Utc>,
+        create: bool,
+    ) -> Result<bool, StorageError>;
+
+    async fn delete_session(&self, id: &str) -> Result<(), StorageError>;
+
+    /// Deletes expired sessions and stale sign-in counters; returns the sessions deleted.
+    async fn prune_sessions(&self, now: DateTime<Utc>) -> Result<u64, StorageError>;
+
+    /// Counts a failed sign-in under `key` and returns the failures in the current window
+    /// (which starts afresh when the last one began before `window_start`).
+    async fn count_login_failure(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        window_start: DateTime<Utc>,
+    ) -> Result<i64, StorageError>;
+
+    async fn lock_login(&self, key: &str, until: DateTime<Utc>) -> Result<(), StorageError>;
+
+    /// The latest lock among `keys`, if any is still locked at `now`.
+    async fn login_locked_until(
+        &self,
+        keys: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StorageError>;
+
+    async fn clear_login_failures(&self, key: &str) -> Result<(), StorageError>;
 
     /// The whole chain in id order and the head (last id, last hash), for verification.
     async fn audit_chain(&self) -> Result<(Vec<StoredEvent>, i64, String), StorageError>;

@@ -12,13 +12,16 @@
 //! value has the same offset and '+' sorts before '.', which sorts before any digit.
 
 use super::StorageError;
-use crate::domain::{Algorithm, KeyInfo, KeyState, Kid};
+use crate::domain::{Algorithm, Email, KeyInfo, KeyState, Kid, Role};
 use crate::server::audit::StoredEvent;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 pub const KEY_COLUMNS: &str = "kid, alg, state, public_jwk, private_sealed, kek_id, created_at, \
      activated_at, rotated_at, revoked_at, expires_at, last_token_exp, revoke_reason";
+
+pub const ADMIN_COLUMNS: &str = "id, email, role, password_hash, must_change_password, \
+     created_at, disabled_at, last_login_at, sessions_valid_after";
 
 pub const EVENT_COLUMNS: &str =
     "id, at, level, kind, actor, trigger, source, kids, reason, details, prev_hash, hash";
@@ -65,6 +68,49 @@ where
         sealed: row.try_get("private_sealed")?,
         kek_id: row.try_get("kek_id")?,
         revoke_reason: row.try_get("revoke_reason")?,
+    })
+}
+
+/// Decodes an `api_tokens` row.
+pub fn token_from_row<R: Row>(row: &R) -> Result<super::ApiTokenRow, StorageError>
+where
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<DateTime<Utc>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    let scopes: String = row.try_get("scopes")?;
+    Ok(super::ApiTokenRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        secret_hash: row.try_get("secret_hash")?,
+        scopes: scopes.split_whitespace().map(str::to_string).collect(),
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+/// Decodes an `admins` row selected with [`ADMIN_COLUMNS`].
+pub fn admin_from_row<R: Row>(row: &R) -> Result<super::AdminRow, StorageError>
+where
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<DateTime<Utc>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    let email: String = row.try_get("email")?;
+    let role: String = row.try_get("role")?;
+    Ok(super::AdminRow {
+        id: row.try_get("id")?,
+        email: Email::parse(&email).map_err(|_| corrupt("email", &email))?,
+        role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
+        password_hash: row.try_get("password_hash")?,
+        must_change_password: row.try_get("must_change_password")?,
+        created_at: row.try_get("created_at")?,
+        disabled_at: row.try_get("disabled_at")?,
+        last_login_at: row.try_get("last_login_at")?,
+        sessions_valid_after: row.try_get("sessions_valid_after")?,
     })
 }
 
@@ -117,7 +163,7 @@ macro_rules! storage_impl {
         impl $ty {
             /// Appends one event to the hash chain inside `tx`. Locking the head row
             /// serializes appenders, so the chain never forks.
-            async fn append_event(
+            async fn append_event_tx(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 event: &crate::server::audit::NewEvent,
                 at: chrono::DateTime<chrono::Utc>,
@@ -290,7 +336,7 @@ macro_rules! storage_impl {
                     sqlx::query(notify).execute(&mut *tx).await?;
                 }
                 for event in &change.events {
-                    Self::append_event(&mut tx, event, change.now).await?;
+                    Self::append_event_tx(&mut tx, event, change.now).await?;
                 }
                 tx.commit().await?;
                 Ok(())
@@ -317,7 +363,7 @@ macro_rules! storage_impl {
                         return Err(StorageError::Conflict);
                     }
                 }
-                Self::append_event(&mut tx, event, crate::server::audit::now()).await?;
+                Self::append_event_tx(&mut tx, event, crate::server::audit::now()).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -346,27 +392,351 @@ macro_rules! storage_impl {
                 &self,
                 q: &super::EventQuery,
             ) -> Result<Vec<crate::server::audit::StoredEvent>, StorageError> {
-                let sql = format!(
-                    "SELECT {} FROM audit_events \
-                     WHERE ($1 IS NULL OR level = $1) AND ($2 IS NULL OR kind = $2) \
-                       AND ($3 IS NULL OR actor = $3) AND ($4 IS NULL OR at >= $4) \
-                       AND ($5 IS NULL OR at < $5) AND ($6 IS NULL OR id < $6) \
-                     ORDER BY id DESC LIMIT $7",
+                // Only the filters given go into the SQL, so each shape of query gets a
+                // plan that uses its index ((kind, id), (level, id), (actor, id) or the
+                // primary key) and walks it newest first, whatever the table's size.
+                let mut sql = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {} FROM audit_events WHERE 1 = 1",
                     super::shared::EVENT_COLUMNS
-                );
-                sqlx::query(&sql)
-                    .bind(q.level.as_deref())
-                    .bind(q.kind.as_deref())
-                    .bind(q.actor.as_deref())
-                    .bind(q.since)
-                    .bind(q.until)
-                    .bind(q.before_id)
-                    .bind(q.limit)
+                ));
+                if let Some(level) = &q.level {
+                    sql.push(" AND level = ").push_bind(level.clone());
+                }
+                if let Some(kind) = &q.kind {
+                    sql.push(" AND kind = ").push_bind(kind.clone());
+                }
+                if let Some(actor) = &q.actor {
+                    sql.push(" AND actor = ").push_bind(actor.clone());
+                }
+                if let Some(since) = q.since {
+                    sql.push(" AND at >= ").push_bind(since);
+                }
+                if let Some(until) = q.until {
+                    sql.push(" AND at < ").push_bind(until);
+                }
+                if let Some(before) = q.before_id {
+                    sql.push(" AND id < ").push_bind(before);
+                }
+                if let Some(after) = q.after_id {
+                    sql.push(" AND id > ").push_bind(after);
+                }
+                sql.push(" ORDER BY id DESC LIMIT ").push_bind(q.limit);
+                sql.build()
                     .fetch_all(&self.pool)
                     .await?
                     .iter()
                     .map(super::shared::event_from_row)
                     .collect()
+            }
+
+            async fn append_event(
+                &self,
+                event: &crate::server::audit::NewEvent,
+            ) -> Result<(), StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                Self::append_event_tx(&mut tx, event, crate::server::audit::now()).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_api_tokens(&self) -> Result<Vec<super::ApiTokenRow>, StorageError> {
+                sqlx::query(
+                    "SELECT id, name, secret_hash, scopes, created_at, revoked_at \
+                     FROM api_tokens ORDER BY created_at DESC, name",
+                )
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(super::shared::token_from_row)
+                .collect()
+            }
+
+            async fn revoke_api_token(
+                &self,
+                id: &str,
+                at: chrono::DateTime<chrono::Utc>,
+                event: &crate::server::audit::NewEvent,
+            ) -> Result<bool, StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let done = sqlx::query(
+                    "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                )
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if done {
+                    Self::append_event_tx(&mut tx, event, at).await?;
+                    tx.commit().await?;
+                }
+                Ok(done)
+            }
+
+            async fn count_admins(&self) -> Result<i64, StorageError> {
+                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM admins")
+                    .fetch_one(&self.pool)
+                    .await?)
+            }
+
+            async fn list_admins(&self) -> Result<Vec<super::AdminRow>, StorageError> {
+                let sql = format!(
+                    "SELECT {} FROM admins ORDER BY email",
+                    super::shared::ADMIN_COLUMNS
+                );
+                sqlx::query(&sql)
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(super::shared::admin_from_row)
+                    .collect()
+            }
+
+            async fn find_admin(&self, id: &str) -> Result<Option<super::AdminRow>, StorageError> {
+                let sql = format!(
+                    "SELECT {} FROM admins WHERE id = $1",
+                    super::shared::ADMIN_COLUMNS
+                );
+                sqlx::query(&sql)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .as_ref()
+                    .map(super::shared::admin_from_row)
+                    .transpose()
+            }
+
+            async fn find_admin_by_email(
+                &self,
+                email: &crate::domain::Email,
+            ) -> Result<Option<super::AdminRow>, StorageError> {
+                let sql = format!(
+                    "SELECT {} FROM admins WHERE email = $1",
+                    super::shared::ADMIN_COLUMNS
+                );
+                sqlx::query(&sql)
+                    .bind(email.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .as_ref()
+                    .map(super::shared::admin_from_row)
+                    .transpose()
+            }
+
+            async fn create_admin(
+                &self,
+                a: &super::AdminRow,
+                only_if_none: bool,
+                event: &crate::server::audit::NewEvent,
+            ) -> Result<bool, StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let guard = if only_if_none {
+                    " WHERE NOT EXISTS (SELECT 1 FROM admins)"
+                } else {
+                    ""
+                };
+                let sql = format!(
+                    "INSERT INTO admins (id, email, role, password_hash, must_change_password, \
+                       created_at, sessions_valid_after) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7{guard}"
+                );
+                let inserted = sqlx::query(&sql)
+                    .bind(&a.id)
+                    .bind(a.email.as_str())
+                    .bind(a.role.as_str())
+                    .bind(&a.password_hash)
+                    .bind(a.must_change_password)
+                    .bind(a.created_at)
+                    .bind(a.sessions_valid_after)
+                    .execute(&mut *tx)
+                    .await
+                    // The email is unique.
+                    .map_err(super::shared::unique_is_conflict)?
+                    .rows_affected()
+                    == 1;
+                if inserted {
+                    Self::append_event_tx(&mut tx, event, a.created_at).await?;
+                    tx.commit().await?;
+                }
+                Ok(inserted)
+            }
+
+            async fn change_admin(
+                &self,
+                id: &str,
+                change: &super::AdminChange,
+                at: chrono::DateTime<chrono::Utc>,
+                event: &crate::server::audit::NewEvent,
+            ) -> Result<bool, StorageError> {
+                use super::AdminChange;
+                let mut tx = self.pool.begin_with($begin).await?;
+                let result = match change {
+                    AdminChange::Password { hash, must_change, end_sessions } => sqlx::query(
+                        "UPDATE admins SET password_hash = $1, must_change_password = $2, \
+                           sessions_valid_after = CASE WHEN $3 THEN $4 ELSE sessions_valid_after END \
+                         WHERE id = $5",
+                    )
+                    .bind(hash)
+                    .bind(*must_change)
+                    .bind(*end_sessions)
+                    .bind(at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?,
+                    AdminChange::Disabled(disabled) => sqlx::query(
+                        "UPDATE admins SET disabled_at = CASE WHEN $1 THEN $2 ELSE NULL END, \
+                           sessions_valid_after = CASE WHEN $1 THEN $2 ELSE sessions_valid_after END \
+                         WHERE id = $3",
+                    )
+                    .bind(*disabled)
+                    .bind(at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?,
+                    AdminChange::SignedIn => {
+                        sqlx::query("UPDATE admins SET last_login_at = $1 WHERE id = $2")
+                            .bind(at)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?
+                    }
+                };
+                if result.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                Self::append_event_tx(&mut tx, event, at).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn load_session(
+                &self,
+                id: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<String>, StorageError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT record FROM sessions WHERE id = $1 AND expires_at > $2",
+                )
+                .bind(id)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn save_session(
+                &self,
+                id: &str,
+                record: &str,
+                expires_at: chrono::DateTime<chrono::Utc>,
+                create: bool,
+            ) -> Result<bool, StorageError> {
+                let sql = if create {
+                    "INSERT INTO sessions (id, record, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id) DO NOTHING"
+                } else {
+                    "INSERT INTO sessions (id, record, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id) DO UPDATE SET record = $2, expires_at = $3"
+                };
+                let done = sqlx::query(sql)
+                    .bind(id)
+                    .bind(record)
+                    .bind(expires_at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn delete_session(&self, id: &str) -> Result<(), StorageError> {
+                sqlx::query("DELETE FROM sessions WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn prune_sessions(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, StorageError> {
+                let gone = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                sqlx::query(
+                    "DELETE FROM login_throttle WHERE window_start < $1 \
+                       AND (locked_until IS NULL OR locked_until < $2)",
+                )
+                .bind(now - chrono::Duration::days(1))
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(gone)
+            }
+
+            async fn count_login_failure(
+                &self,
+                key: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                window_start: chrono::DateTime<chrono::Utc>,
+            ) -> Result<i64, StorageError> {
+                // One statement, so parallel attempts cannot lose a count.
+                let failures: i32 = sqlx::query_scalar(
+                    "INSERT INTO login_throttle (key, failures, window_start) VALUES ($1, 1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET \
+                       failures = CASE WHEN login_throttle.window_start < $3 THEN 1 \
+                                       ELSE login_throttle.failures + 1 END, \
+                       window_start = CASE WHEN login_throttle.window_start < $3 THEN $2 \
+                                           ELSE login_throttle.window_start END \
+                     RETURNING failures",
+                )
+                .bind(key)
+                .bind(now)
+                .bind(window_start)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(i64::from(failures))
+            }
+
+            async fn lock_login(
+                &self,
+                key: &str,
+                until: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), StorageError> {
+                sqlx::query("UPDATE login_throttle SET locked_until = $1 WHERE key = $2")
+                    .bind(until)
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn login_locked_until(
+                &self,
+                keys: &[String],
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StorageError> {
+                let mut latest = None;
+                for key in keys {
+                    let until: Option<Option<chrono::DateTime<chrono::Utc>>> = sqlx::query_scalar(
+                        "SELECT locked_until FROM login_throttle WHERE key = $1 AND locked_until > $2",
+                    )
+                    .bind(key)
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    latest = latest.max(until.flatten());
+                }
+                Ok(latest)
+            }
+
+            async fn clear_login_failures(&self, key: &str) -> Result<(), StorageError> {
+                sqlx::query("DELETE FROM login_throttle WHERE key = $1")
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn create_api_token(
@@ -388,7 +758,7 @@ macro_rules! storage_impl {
                 .await
                 // The token name is unique.
                 .map_err(super::shared::unique_is_conflict)?;
-                Self::append_event(&mut tx, event, t.created_at).await?;
+                Self::append_event_tx(&mut tx, event, t.created_at).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -404,17 +774,7 @@ macro_rules! storage_impl {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-                let Some(row) = row else { return Ok(None) };
-                use sqlx::Row as _;
-                let scopes: String = row.try_get("scopes")?;
-                Ok(Some(super::ApiTokenRow {
-                    id: row.try_get("id")?,
-                    name: row.try_get("name")?,
-                    secret_hash: row.try_get("secret_hash")?,
-                    scopes: scopes.split_whitespace().map(str::to_string).collect(),
-                    created_at: row.try_get("created_at")?,
-                    revoked_at: row.try_get("revoked_at")?,
-                }))
+                row.as_ref().map(super::shared::token_from_row).transpose()
             }
 
             async fn get_schedule(&self) -> Result<Option<super::ScheduleRow>, StorageError> {
@@ -450,7 +810,7 @@ macro_rules! storage_impl {
                     .execute(&mut *tx)
                     .await?;
                 if let Some(event) = event {
-                    Self::append_event(&mut tx, event, s.updated_at).await?;
+                    Self::append_event_tx(&mut tx, event, s.updated_at).await?;
                 }
                 tx.commit().await?;
                 Ok(())

@@ -1,0 +1,422 @@
+//! `/settings`: admin accounts (list, create, disable) and API tokens (list, create with
+//! scopes, revoke). New secrets (a one-time password, a token) are shown once.
+
+use super::guard::describe;
+use super::wire::{AdminView, Secret, TokenView};
+use super::{can_change, hydrated};
+use leptos::prelude::*;
+use leptos_meta::Title;
+
+/// Scopes an API token can carry, with what each allows.
+pub const SCOPES: [(&str, &str); 4] = [
+    ("keys:read", "list keys and the schedule"),
+    ("keys:write", "rotate, revoke, change the schedule"),
+    ("audit:read", "read the audit log"),
+    ("sign", "sign and verify tokens"),
+];
+
+#[cfg(feature = "ssr")]
+fn time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+#[server(prefix = "/ui", endpoint = "list_admins")]
+pub async fn list_admins() -> Result<Vec<AdminView>, ServerFnError> {
+    use super::guard::{Access, internal, require};
+    let caller = require(crate::domain::Role::Viewer, Access::Read).await?;
+    let admins = caller.state.storage.list_admins().await.map_err(internal)?;
+    Ok(admins
+        .into_iter()
+        .map(|a| AdminView {
+            id: a.id,
+            email: a.email.to_string(),
+            role: a.role,
+            created_at: time(a.created_at),
+            last_login_at: a.last_login_at.map(time),
+            disabled: a.disabled_at.is_some(),
+            must_change_password: a.must_change_password,
+        })
+        .collect())
+}
+
+#[cfg(feature = "ssr")]
+fn auth_error(e: crate::server::auth::AuthError) -> ServerFnError {
+    use super::guard::{internal, refuse};
+    use crate::server::auth::AuthError;
+    use axum::http::StatusCode;
+    match e {
+        AuthError::Exists(_) => refuse(StatusCode::CONFLICT, e.to_string()),
+        AuthError::NoSuchAdmin(_) => refuse(StatusCode::NOT_FOUND, e.to_string()),
+        AuthError::Email(_) | AuthError::Password(_) => {
+            refuse(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        AuthError::DisableSelf | AuthError::LastAdmin => {
+            refuse(StatusCode::CONFLICT, e.to_string())
+        }
+        other => internal(other),
+    }
+}
+
+/// Creates an admin with a one-time password, returned once.
+#[server(prefix = "/ui", endpoint = "create_admin")]
+pub async fn create_admin(email: String, role: String) -> Result<Secret, ServerFnError> {
+    use super::guard::{Access, refuse, require};
+    use axum::http::StatusCode;
+    let caller = require(crate::domain::Role::Admin, Access::Change).await?;
+    let role = crate::domain::Role::parse(&role)
+        .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "The role must be admin or viewer."))?;
+    let (admin, password) = crate::server::auth::create_admin(
+        caller.state.storage.as_ref(),
+        &email,
+        role,
+        None,
+        &caller.actor(),
+    )
+    .await
+    .map_err(auth_error)?;
+    Ok(Secret {
+        label: format!(
+            "One-time password for {} (they choose their own at first sign-in)",
+            admin.email
+        ),
+        secret: password.unwrap_or_default(),
+    })
+}
+
+/// Disables or re-enables an admin.
+#[server(prefix = "/ui", endpoint = "set_admin_disabled")]
+pub async fn set_admin_disabled(id: String, disabled: bool) -> Result<(), ServerFnError> {
+    use super::guard::{Access, require};
+    let caller = require(crate::domain::Role::Admin, Access::Change).await?;
+    crate::server::auth::set_disabled(
+        caller.state.storage.as_ref(),
+        &caller.admin,
+        &id,
+        disabled,
+        caller.source.clone(),
+    )
+    .await
+    .map_err(auth_error)?;
+    Ok(())
+}
+
+#[server(prefix = "/ui", endpoint = "list_tokens")]
+pub async fn list_tokens() -> Result<Vec<TokenView>, ServerFnError> {
+    use super::guard::{Access, internal, require};
+    let caller = require(crate::domain::Role::Viewer, Access::Read).await?;
+    let tokens = caller
+        .state
+        .storage
+        .list_api_tokens()
+        .await
+        .map_err(internal)?;
+    Ok(tokens
+        .into_iter()
+        .map(|t| TokenView {
+            id: t.id,
+            name: t.name,
+            scopes: t.scopes,
+            created_at: time(t.created_at),
+            revoked_at: t.revoked_at.map(time),
+        })
+        .collect())
+}
+
+/// Creates an API token; its secret is returned once.
+#[server(prefix = "/ui", endpoint = "create_token")]
+pub async fn create_token(name: String, scopes: Vec<String>) -> Result<Secret, ServerFnError> {
+    use super::guard::{Access, internal, refuse, require};
+    use crate::server::tokens::{self, TokenError};
+    use axum::http::StatusCode;
+    let caller = require(crate::domain::Role::Admin, Access::Change).await?;
+    match tokens::create(
+        caller.state.storage.as_ref(),
+        name.trim(),
+        &scopes,
+        &caller.actor(),
+    )
+    .await
+    {
+        Ok(secret) => Ok(Secret {
+            label: format!(
+                "API token {} (copy it now: it is not shown again)",
+                name.trim()
+            ),
+            secret,
+        }),
+        Err(e @ (TokenError::UnknownScope(_) | TokenError::NoScope | TokenError::BadName)) => {
+            Err(refuse(StatusCode::BAD_REQUEST, e.to_string()))
+        }
+        Err(e @ TokenError::Exists(_)) => Err(refuse(StatusCode::CONFLICT, e.to_string())),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+#[server(prefix = "/ui", endpoint = "revoke_token")]
+pub async fn revoke_token(id: String) -> Result<(), ServerFnError> {
+    use super::guard::{Access, internal, refuse, require};
+    use axum::http::StatusCode;
+    let caller = require(crate::domain::Role::Admin, Access::Change).await?;
+    let revoked =
+        crate::server::tokens::revoke(caller.state.storage.as_ref(), &id, &caller.actor())
+            .await
+            .map_err(internal)?;
+    if revoked {
+        Ok(())
+    } else {
+        Err(refuse(
+            StatusCode::NOT_FOUND,
+            "No such token, or it is already revoked.",
+        ))
+    }
+}
+
+#[component]
+pub fn SettingsPage() -> impl IntoView {
+    view! {
+        <Title text="Settings" />
+        <h1>"Settings"</h1>
+        <Admins />
+        <Tokens />
+    }
+}
+
+/// A secret shown once, with a copy button.
+#[component]
+fn SecretBox(secret: Secret) -> impl IntoView {
+    let copied = RwSignal::new(false);
+    let text = secret.secret.clone();
+    let copy = move |_| {
+        #[cfg(feature = "hydrate")]
+        if let Some(w) = web_sys::window() {
+            let _ = w.navigator().clipboard().write_text(&text);
+            copied.set(true);
+        }
+        #[cfg(not(feature = "hydrate"))]
+        let _ = &text;
+    };
+    view! {
+        <div class="secret" role="status">
+            <p>{secret.label}</p>
+            <code class="secret-value">{secret.secret}</code>
+            <button type="button" class="ghost small" on:click=copy>
+                {move || if copied.get() { "Copied" } else { "Copy" }}
+            </button>
+        </div>
+    }
+}
+
+#[component]
+fn Admins() -> impl IntoView {
+    let ready = hydrated();
+    let allowed = can_change();
+    let enabled = move || ready.get() && allowed.get();
+    let create = ServerAction::<CreateAdmin>::new();
+    let toggle = ServerAction::<SetAdminDisabled>::new();
+    let admins = Resource::new(
+        move || (create.version().get(), toggle.version().get()),
+        |_| list_admins(),
+    );
+    let email = RwSignal::new(String::new());
+    let role = RwSignal::new("viewer".to_string());
+    let email_problem = move || {
+        let e = email.get();
+        (!e.trim().is_empty())
+            .then(|| crate::domain::Email::parse(&e).err().map(|e| e.to_string()))
+            .flatten()
+    };
+
+    view! {
+        <section class="card" aria-labelledby="admins-heading">
+            <h2 id="admins-heading">"Admins"</h2>
+            <Transition fallback=|| view! { <p>"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match admins.await {
+                        Ok(list) => view! {
+                            <div class="table-wrap">
+                                <table class="list" id="admins">
+                                    <thead><tr>
+                                        <th scope="col">"Email"</th><th scope="col">"Role"</th><th scope="col">"Status"</th>
+                                        <th scope="col">"Created"</th><th scope="col">"Last sign-in"</th><th scope="col">"Actions"</th>
+                                    </tr></thead>
+                                    <tbody>
+                                        {list.into_iter().map(|a| {
+                                            let (id, disabled) = (a.id.clone(), a.disabled);
+                                            let status = if a.disabled { "disabled" } else if a.must_change_password { "one-time password" } else { "active" };
+                                            let label = format!("{} {}", if disabled { "Enable" } else { "Disable" }, a.email);
+                                            view! {
+                                                <tr data-email=a.email.clone()>
+                                                    <td>{a.email.clone()}</td>
+                                                    <td>{a.role.to_string()}</td>
+                                                    <td class="status">{status}</td>
+                                                    <td>{a.created_at}</td>
+                                                    <td>{a.last_login_at.unwrap_or_else(|| "never".into())}</td>
+                                                    <td>
+                                                        <button type="button" class="ghost small" aria-label=label
+                                                            disabled=move || !enabled() || toggle.pending().get()
+                                                            on:click=move |_| { toggle.dispatch(SetAdminDisabled { id: id.clone(), disabled: !disabled }); }>
+                                                            {if disabled { "Enable" } else { "Disable" }}
+                                                        </button>
+                                                    </td>
+                                                </tr>
+                                            }
+                                        }).collect_view()}
+                                    </tbody>
+                                </table>
+                            </div>
+                        }.into_any(),
+                        Err(e) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
+                    }
+                })}
+            </Transition>
+            {move || match toggle.value().get() {
+                Some(Err(e)) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
+                _ => ().into_any(),
+            }}
+            <h3>"Add an admin"</h3>
+            <form id="create-admin" class="inline-form" on:submit=move |ev| {
+                ev.prevent_default();
+                if email_problem().is_none() {
+                    create.dispatch(CreateAdmin { email: email.get_untracked(), role: role.get_untracked() });
+                }
+            }>
+                <div>
+                    <label for="new-admin-email">"Email"</label>
+                    <input id="new-admin-email" type="email" required=true autocomplete="off"
+                        aria-describedby="new-admin-hint"
+                        prop:value=email on:input=move |ev| email.set(event_target_value(&ev)) />
+                </div>
+                <div>
+                    <label for="new-admin-role">"Role"</label>
+                    <select id="new-admin-role" prop:value=role on:change=move |ev| role.set(event_target_value(&ev))>
+                        <option value="viewer">"viewer (may look)"</option>
+                        <option value="admin">"admin (may change things)"</option>
+                    </select>
+                </div>
+                <button type="submit" class="primary" id="create-admin-button"
+                    disabled=move || !enabled() || create.pending().get() || email_problem().is_some()>
+                    "Create admin"
+                </button>
+            </form>
+            <p id="new-admin-hint" class="hint" aria-live="polite">{move || email_problem().unwrap_or_default()}</p>
+            <div aria-live="polite">
+                {move || match create.value().get() {
+                    Some(Ok(secret)) => view! { <SecretBox secret /> }.into_any(),
+                    Some(Err(e)) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
+                    None => ().into_any(),
+                }}
+            </div>
+        </section>
+    }
+}
+
+#[component]
+fn Tokens() -> impl IntoView {
+    let ready = hydrated();
+    let allowed = can_change();
+    let enabled = move || ready.get() && allowed.get();
+    let create = ServerAction::<CreateToken>::new();
+    let revoke = ServerAction::<RevokeToken>::new();
+    let tokens = Resource::new(
+        move || (create.version().get(), revoke.version().get()),
+        |_| list_tokens(),
+    );
+    let name = RwSignal::new(String::new());
+    let chosen = RwSignal::new(Vec::<String>::new());
+
+    view! {
+        <section class="card" aria-labelledby="tokens-heading">
+            <h2 id="tokens-heading">"API tokens"</h2>
+            <p class="muted">"Bearer tokens for the REST API under " <code>"/api/v1"</code> ". Only a hash is stored."</p>
+            <Transition fallback=|| view! { <p>"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match tokens.await {
+                        Ok(list) if list.is_empty() => view! { <p class="muted" id="no-tokens">"No API tokens yet."</p> }.into_any(),
+                        Ok(list) => view! {
+                            <div class="table-wrap">
+                                <table class="list" id="tokens">
+                                    <thead><tr>
+                                        <th scope="col">"Name"</th><th scope="col">"Scopes"</th><th scope="col">"Created"</th>
+                                        <th scope="col">"Status"</th><th scope="col">"Actions"</th>
+                                    </tr></thead>
+                                    <tbody>
+                                        {list.into_iter().map(|t| {
+                                            let id = t.id.clone();
+                                            let live = t.revoked_at.is_none();
+                                            let label = format!("Revoke token {}", t.name);
+                                            view! {
+                                                <tr data-token=t.name.clone()>
+                                                    <td>{t.name.clone()}</td>
+                                                    <td>{t.scopes.join(", ")}</td>
+                                                    <td>{t.created_at}</td>
+                                                    <td class="status">{t.revoked_at.map_or_else(|| "active".to_string(), |r| format!("revoked {r}"))}</td>
+                                                    <td>
+                                                        {live.then(|| view! {
+                                                            <button type="button" class="danger small" aria-label=label
+                                                                disabled=move || !enabled() || revoke.pending().get()
+                                                                on:click=move |_| { revoke.dispatch(RevokeToken { id: id.clone() }); }>
+                                                                "Revoke"
+                                                            </button>
+                                                        })}
+                                                    </td>
+                                                </tr>
+                                            }
+                                        }).collect_view()}
+                                    </tbody>
+                                </table>
+                            </div>
+                        }.into_any(),
+                        Err(e) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
+                    }
+                })}
+            </Transition>
+            {move || match revoke.value().get() {
+                Some(Err(e)) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
+                _ => ().into_any(),
+            }}
+            <h3>"Create a token"</h3>
+            <form id="create-token" on:submit=move |ev| {
+                ev.prevent_default();
+                create.dispatch(CreateToken { name: name.get_untracked(), scopes: chosen.get_untracked() });
+            }>
+                <label for="token-name">"Name (letters, digits, '-', '_', '.')"</label>
+                <input id="token-name" required=true autocomplete="off" maxlength="64"
+                    prop:value=name on:input=move |ev| name.set(event_target_value(&ev)) />
+                <fieldset class="scopes">
+                    <legend>"Scopes"</legend>
+                    {SCOPES.iter().map(|&(name_text, what)| {
+                        let scope = name_text.to_string();
+                        let id = format!("scope-{}", scope.replace(':', "-"));
+                        let s2 = scope.clone();
+                        let (for_id, value) = (id.clone(), scope.clone());
+                        view! {
+                            <label class="inline" for=for_id>
+                                <input type="checkbox" id=id value=value
+                                    prop:checked=move || chosen.get().contains(&s2)
+                                    on:change=move |ev| {
+                                        let on = event_target_checked(&ev);
+                                        chosen.update(|c| {
+                                            c.retain(|s| s != &scope);
+                                            if on { c.push(scope.clone()); }
+                                        });
+                                    } />
+                                " " <code>{name_text}</code> " — " {what}
+                            </label>
+                        }
+                    }).collect_view()}
+                </fieldset>
+                <button type="submit" class="primary" id="create-token-button"
+                    disabled=move || !enabled() || create.pending().get() || name.get().trim().is_empty() || chosen.get().is_empty()>
+                    "Create token"
+                </button>
+            </form>
+            <div aria-live="polite">
+                {move || match create.value().get() {
+                    Some(Ok(secret)) => view! { <SecretBox secret /> }.into_any(),
+                    Some(Err(e)) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
+                    None => ().into_any(),
+                }}
+            </div>
+        </section>
+    }
+}
