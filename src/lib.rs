@@ -4,6 +4,9 @@
 //! - [`app`]: the Leptos admin UI (server-rendered, hydrated in the browser).
 //! - `server` (feature `ssr`): configuration, storage, HTTP and the command line.
 
+// Leptos views are deeply nested types; the JWKS page's exceeds the default limit.
+#![recursion_limit = "256"]
+
 pub mod app;
 pub mod domain;
 #[cfg(feature = "ssr")]

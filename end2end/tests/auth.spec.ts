@@ -13,6 +13,9 @@ test('anonymous visitors are sent to /login, and back where they were going afte
   await expect(page.getByRole('heading', { level: 1 })).toHaveText('Events');
 });
 
+test.describe('refused sign-in', () => {
+  test.use({ expectedConsoleErrors: [/status of 401/] });
+
 test('a wrong password is refused with a message that does not say which part was wrong', async ({ page }) => {
   await page.goto('/login');
   await hydrated(page, '#login-form button[type=submit]');
@@ -28,6 +31,7 @@ test('a wrong password is refused with a message that does not say which part wa
   // Still signed out.
   await page.goto('/settings');
   await expect(page).toHaveURL(/\/login\?next=%2Fsettings$/);
+});
 });
 
 test('signing in opens every page; signing out closes them', async ({ page }) => {

@@ -5,12 +5,17 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-export const test = base.extend({
-  page: async ({ page }, use, testInfo) => {
+export const test = base.extend<{ expectedConsoleErrors: RegExp[] }>({
+  // Console errors a test provokes on purpose (Chromium logs every 4xx answer to a
+  // fetch, such as a refused sign-in, as an error).
+  expectedConsoleErrors: [[], { option: true }],
+  page: async ({ page, expectedConsoleErrors }, use, testInfo) => {
     const problems: string[] = [];
     page.on('pageerror', (err) => problems.push(`uncaught: ${err.message}`));
     page.on('console', (msg) => {
-      if (msg.type() === 'error') problems.push(`console.error: ${msg.text()}`);
+      if (msg.type() !== 'error') return;
+      if (expectedConsoleErrors.some((re) => re.test(msg.text()))) return;
+      problems.push(`console.error: ${msg.text()}`);
     });
     await use(page);
     await page.screenshot({

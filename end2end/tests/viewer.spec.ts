@@ -31,7 +31,7 @@ test('a viewer sees every page, every control is disabled, and the server refuse
     ['rotate_and_revoke', { alg: '', reason: 'x' }],
     ['save_schedule', { expression: '0 0 4 * * * *', retention: '40d' }],
     ['create_admin', { email: 'sneaky@e2e.test', role: 'admin' }],
-    ['create_token', { name: 'sneaky' }],
+    ['create_token', { name: 'sneaky', 'scopes[0]': 'sign' }],
   ] as const) {
     const res = await page.request.post(`/ui/${fn}`, { form, headers: { origin } });
     expect(res.status(), fn).toBe(403);

@@ -326,7 +326,7 @@ pub fn JwksPage() -> impl IntoView {
                         let next = page.next_rotation.clone();
                         view! {
                             <p class="muted">{next.map(|n| format!("Next scheduled rotation: {n}."))}</p>
-                            <Timeline page=page.clone() />
+                            {view! { <Timeline page=page.clone() /> }.into_any()}
                             {page.algorithms.iter().map(|alg| {
                                 let group: Vec<KeyView> = page.keys.iter().filter(|k| &k.alg == alg).cloned().collect();
                                 view! { <KeyGroup alg=alg.clone() keys=group enabled=Signal::derive(enabled) busy ask=Callback::new(ask) /> }
@@ -443,6 +443,7 @@ fn KeyTable(
             </table>
         </div>
     }
+    .into_any()
 }
 
 /// The public JWK behind a disclosure, with copy and PEM download.

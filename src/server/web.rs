@@ -62,10 +62,20 @@ pub fn page_csp(nonce: &str) -> String {
     )
 }
 
-/// Pages that need a signed-in admin (everything but `/login`).
+/// The pages that need a signed-in admin: every page of the app but `/login`. (The UI's
+/// other routes, such as the event stream, answer 401 themselves.)
+const PRIVATE_PAGES: [&str; 6] = [
+    "/",
+    "/config/jwks",
+    "/config/schedule",
+    "/events",
+    "/settings",
+    "/account/password",
+];
+
 fn is_private_page(path: &str) -> bool {
-    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
-    path == "/" || under("/config") || under("/events") || under("/settings") || under("/account")
+    let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    PRIVATE_PAGES.contains(&path)
 }
 
 /// The password page an admin with a one-time password is sent to.

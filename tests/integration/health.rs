@@ -1,6 +1,7 @@
 //! Liveness, readiness, and the pages the server renders.
 
-use crate::helpers::{BACKENDS, Backend, spawn_app};
+use crate::helpers::{BACKENDS, Backend, signed_in, spawn_app};
+use signet::domain::Role;
 use reqwest::StatusCode;
 
 #[tokio::test]
@@ -60,16 +61,17 @@ async fn ready_turns_503_when_postgres_database_goes_away() {
 #[tokio::test]
 async fn pages_render_on_the_server_with_navigation() {
     let app = spawn_app(Backend::Sqlite).await;
+    let mut ui = signed_in(&app, "viewer@example.com", Role::Viewer).await;
     for (path, heading) in [
         ("/", "Overview"),
-        ("/login", "Sign in"),
         ("/config/jwks", "Config → JWKS"),
         ("/config/schedule", "Config → Schedule"),
         ("/events", "Events"),
+        ("/settings", "Settings"),
     ] {
-        let res = app.get(path).await;
-        assert_eq!(res.status(), StatusCode::OK, "{path}");
-        let html = res.text().await.unwrap();
+        let res = ui.get(path).await;
+        assert_eq!(res.status, StatusCode::OK, "{path}");
+        let html = res.body;
         assert!(
             html.contains(&format!("<h1>{heading}</h1>")),
             "{path}: {html}"
@@ -88,7 +90,8 @@ async fn overview_shows_the_installation_from_the_database() {
         let app = spawn_app(backend).await;
         let info = app.state.storage.instance_info().await.unwrap();
         assert_eq!(info.installation_id.len(), 32);
-        let html = app.get("/").await.text().await.unwrap();
+        let mut ui = signed_in(&app, "viewer@example.com", Role::Viewer).await;
+        let html = ui.get("/").await.body;
         assert!(html.contains(&info.installation_id), "{backend:?}: {html}");
         app.stop().await;
     }

@@ -544,7 +544,12 @@ async fn audit_verify_finds_edited_and_deleted_rows() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("4 events"));
+        // keys.created and admin.created at the first start, then three rotations.
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("5 events"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
 
         app.db
             .execute("UPDATE audit_events SET actor = 'mallory' WHERE id = 2")
