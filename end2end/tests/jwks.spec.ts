@@ -74,7 +74,7 @@ test('Revoke a single key with a reason: it leaves the JWKS at once', async ({ p
 });
 
 test('Rotate and revoke: the active and next keys leave the JWKS, fresh ones replace them', async ({ page, request }) => {
-  await page.getByLabel('Algorithms').selectOption('EdDSA');
+  await page.getByLabel('Algorithms', { exact: true }).selectOption('EdDSA');
   const active = (await kidOf(page, 'EdDSA', 'active'))!;
   const next = (await kidOf(page, 'EdDSA', 'next'))!;
 

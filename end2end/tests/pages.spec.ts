@@ -1,6 +1,7 @@
 // Every page at desktop and phone widths: no console errors (the fixture), nothing wider
 // than the screen, and a screenshot of each saved under test-results/screens/.
 import { test, expect, signIn, ADMIN } from './fixtures';
+import { join } from 'node:path';
 
 const pages = [
   ['overview', '/', 'Overview'],
@@ -15,7 +16,7 @@ for (const width of [1280, 390]) {
     await page.setViewportSize({ width, height: 900 });
     await page.goto('/login');
     await page.waitForLoadState('networkidle');
-    await page.screenshot({ path: testInfo.outputPath(`../screens/login-${width}.png`), fullPage: true });
+    await page.screenshot({ path: join(testInfo.project.outputDir, 'screens', `login-${width}.png`), fullPage: true });
     await signIn(page, ADMIN);
     for (const [name, path, heading] of pages) {
       await page.goto(path);
@@ -23,7 +24,7 @@ for (const width of [1280, 390]) {
       await page.waitForLoadState('networkidle');
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
       expect(overflow, `${path} is wider than the screen`).toBeLessThanOrEqual(0);
-      await page.screenshot({ path: testInfo.outputPath(`../screens/${name}-${width}.png`), fullPage: true });
+      await page.screenshot({ path: join(testInfo.project.outputDir, 'screens', `${name}-${width}.png`), fullPage: true });
     }
   });
 }

@@ -2,7 +2,8 @@ import { test, expect, hydrated, signIn, ADMIN } from './fixtures';
 
 test.beforeEach(async ({ page }) => {
   await signIn(page, ADMIN, '/settings');
-  await hydrated(page, '#create-token-button');
+  // Enabled once hydrated, for an admin (the token button also waits for a name and scope).
+  await hydrated(page, '#create-admin-button');
 });
 
 test('an API token is created with scopes, shown once, works, and can be revoked', async ({ page, request }) => {
