@@ -154,7 +154,7 @@ pub fn EventsPage() -> impl IntoView {
         </form>
 
         <div class="table-wrap">
-            <table class="events" aria-label="Audit events, newest first">
+            <table class="events stack" aria-label="Audit events, newest first">
                 <thead>
                     <tr>
                         <th scope="col">"Time"</th>
@@ -209,7 +209,7 @@ pub fn EventsPage() -> impl IntoView {
 
 #[component]
 fn EventRow(event: EventView, fresh: bool) -> impl IntoView {
-    let level = format!("level {}", event.level);
+    let level = format!("level level-{}", event.level);
     let kids = event
         .kids
         .iter()
@@ -224,13 +224,13 @@ fn EventRow(event: EventView, fresh: bool) -> impl IntoView {
     };
     view! {
         <tr class:fresh=fresh data-id=event.id.to_string() data-kind=kind_attr>
-            <td class="nowrap"><time>{event.at}</time></td>
-            <td><span class=level>{event.level.clone()}</span></td>
-            <td class="kind"><code>{event.kind}</code></td>
-            <td class="actor">{event.actor}</td>
-            <td class="muted">{via}</td>
-            <td><code class="kid" title=kids_title>{kids}</code></td>
-            <td class="details">
+            <td class="nowrap" data-label="Time"><time>{event.at}</time></td>
+            <td data-label="Level"><span class=level>{event.level.clone()}</span></td>
+            <td class="kind" data-label="Kind"><code>{event.kind}</code></td>
+            <td class="actor" data-label="Actor">{event.actor}</td>
+            <td class="muted" data-label="Via">{via}</td>
+            <td data-label="Keys"><code class="kid" title=kids_title>{kids}</code></td>
+            <td class="details" data-label="Details">
                 {event.reason.map(|r| view! { <div>{format!("Reason: {r}")}</div> })}
                 {(!event.details.is_empty()).then(|| view! { <code class="small">{event.details}</code> })}
             </td>

@@ -16,7 +16,7 @@ pub async fn load_keys() -> Result<KeysPage, ServerFnError> {
     let caller = require(Role::Viewer, Access::Read).await?;
     let state = caller.state;
     let mut keys = state.storage.list_keys().await.map_err(internal)?;
-    let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
     // Per algorithm: next, active, then the rest newest first.
     keys.sort_by_key(|k| {
         let rank = match k.info.state {
@@ -325,7 +325,10 @@ pub fn JwksPage() -> impl IntoView {
                     Ok(page) => {
                         let next = page.next_rotation.clone();
                         view! {
-                            <p class="muted">{next.map(|n| format!("Next scheduled rotation: {n}."))}</p>
+                            <p class="muted">
+                                {next.map(|n| format!("Next scheduled rotation: {n} UTC. "))}
+                                "All times are UTC."
+                            </p>
                             {view! { <Timeline page=page.clone() /> }.into_any()}
                             {page.algorithms.iter().map(|alg| {
                                 let group: Vec<KeyView> = page.keys.iter().filter(|k| &k.alg == alg).cloned().collect();
@@ -388,7 +391,7 @@ fn KeyTable(
     let dash = |v: Option<String>| v.unwrap_or_else(|| "—".into());
     view! {
         <div class="table-wrap">
-            <table class="keys">
+            <table class="keys stack">
                 <thead>
                     <tr>
                         <th scope="col">"State"</th>
@@ -414,17 +417,18 @@ fn KeyTable(
                             let reason = k.revoke_reason.clone();
                             view! {
                                 <tr data-kid=k.kid.clone() data-state=k.state.clone()>
-                                    <td>
+                                    <td data-label="State">
                                         <span class=badge>{k.state.clone()}</span>
                                         {reason.map(|r| view! { <div class="muted small">{format!("Reason: {r}")}</div> })}
                                     </td>
-                                    <td><code class="kid" title=k.kid.clone()>{short}</code></td>
-                                    <td>{k.created_at}</td>
-                                    <td>{dash(k.activated_at)}</td>
-                                    <td>{dash(k.rotated_at)}</td>
-                                    <td>{dash(k.revoked_at)}</td>
-                                    <td>{dash(k.expires_at)}</td>
-                                    <td class="row-actions">
+                                    <td data-label="Key id"><code class="kid" title=k.kid.clone()>{short}</code></td>
+                                    <td data-label="Created">{k.created_at}</td>
+                                    <td data-label="Activated">{dash(k.activated_at)}</td>
+                                    <td data-label="Rotated">{dash(k.rotated_at)}</td>
+                                    <td data-label="Revoked">{dash(k.revoked_at)}</td>
+                                    <td data-label="Publication ends">{dash(k.expires_at)}</td>
+                                    <td data-label="Actions">
+                                        <div class="row-actions">
                                         <JwkDetails kid=k.kid.clone() jwk=k.jwk pem />
                                         {revocable.then(|| view! {
                                             <button type="button" class="danger small revoke"
@@ -434,6 +438,7 @@ fn KeyTable(
                                                 "Revoke"
                                             </button>
                                         })}
+                                        </div>
                                     </td>
                                 </tr>
                             }

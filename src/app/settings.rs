@@ -234,7 +234,7 @@ fn Admins() -> impl IntoView {
                     match admins.await {
                         Ok(list) => view! {
                             <div class="table-wrap">
-                                <table class="list" id="admins">
+                                <table class="list stack" id="admins">
                                     <thead><tr>
                                         <th scope="col">"Email"</th><th scope="col">"Role"</th><th scope="col">"Status"</th>
                                         <th scope="col">"Created"</th><th scope="col">"Last sign-in"</th><th scope="col">"Actions"</th>
@@ -246,12 +246,12 @@ fn Admins() -> impl IntoView {
                                             let label = format!("{} {}", if disabled { "Enable" } else { "Disable" }, a.email);
                                             view! {
                                                 <tr data-email=a.email.clone()>
-                                                    <td>{a.email.clone()}</td>
-                                                    <td>{a.role.to_string()}</td>
-                                                    <td class="status">{status}</td>
-                                                    <td>{a.created_at}</td>
-                                                    <td>{a.last_login_at.unwrap_or_else(|| "never".into())}</td>
-                                                    <td>
+                                                    <td data-label="Email">{a.email.clone()}</td>
+                                                    <td data-label="Role">{a.role.to_string()}</td>
+                                                    <td class="status" data-label="Status">{status}</td>
+                                                    <td data-label="Created">{a.created_at}</td>
+                                                    <td data-label="Last sign-in">{a.last_login_at.unwrap_or_else(|| "never".into())}</td>
+                                                    <td data-label="Actions">
                                                         <button type="button" class="ghost small" aria-label=label
                                                             disabled=move || !enabled() || toggle.pending().get()
                                                             on:click=move |_| { toggle.dispatch(SetAdminDisabled { id: id.clone(), disabled: !disabled }); }>
@@ -334,7 +334,7 @@ fn Tokens() -> impl IntoView {
                         Ok(list) if list.is_empty() => view! { <p class="muted" id="no-tokens">"No API tokens yet."</p> }.into_any(),
                         Ok(list) => view! {
                             <div class="table-wrap">
-                                <table class="list" id="tokens">
+                                <table class="list stack" id="tokens">
                                     <thead><tr>
                                         <th scope="col">"Name"</th><th scope="col">"Scopes"</th><th scope="col">"Created"</th>
                                         <th scope="col">"Status"</th><th scope="col">"Actions"</th>
@@ -346,11 +346,11 @@ fn Tokens() -> impl IntoView {
                                             let label = format!("Revoke token {}", t.name);
                                             view! {
                                                 <tr data-token=t.name.clone()>
-                                                    <td>{t.name.clone()}</td>
-                                                    <td>{t.scopes.join(", ")}</td>
-                                                    <td>{t.created_at}</td>
-                                                    <td class="status">{t.revoked_at.map_or_else(|| "active".to_string(), |r| format!("revoked {r}"))}</td>
-                                                    <td>
+                                                    <td data-label="Name">{t.name.clone()}</td>
+                                                    <td data-label="Scopes">{t.scopes.join(", ")}</td>
+                                                    <td data-label="Created">{t.created_at}</td>
+                                                    <td class="status" data-label="Status">{t.revoked_at.map_or_else(|| "active".to_string(), |r| format!("revoked {r}"))}</td>
+                                                    <td data-label="Actions">
                                                         {live.then(|| view! {
                                                             <button type="button" class="danger small" aria-label=label
                                                                 disabled=move || !enabled() || revoke.pending().get()

@@ -147,10 +147,10 @@ pub fn Timeline(page: KeysPage) -> impl IntoView {
             <figcaption>
                 <strong>"Lifecycle"</strong>
                 <span class="legend">
-                    <span class="swatch tl-next"></span>"next (published, not signing)"
-                    <span class="swatch tl-active"></span>"active (signing)"
-                    <span class="swatch tl-rotated"></span>"rotated (verifying until retention ends)"
-                    <span class="swatch tl-revoked-swatch"></span>"revoked"
+                    <span class="legend-item"><span class="swatch tl-next"></span>"next (published, not signing)"</span>
+                    <span class="legend-item"><span class="swatch tl-active"></span>"active (signing)"</span>
+                    <span class="legend-item"><span class="swatch tl-rotated"></span>"rotated (verifying until retention ends)"</span>
+                    <span class="legend-item"><span class="swatch tl-revoked-swatch"></span>"revoked"</span>
                 </span>
             </figcaption>
             <svg viewBox=format!("0 0 {WIDTH} {height:.0}") role="img" aria-label=description

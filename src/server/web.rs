@@ -74,7 +74,11 @@ const PRIVATE_PAGES: [&str; 6] = [
 ];
 
 fn is_private_page(path: &str) -> bool {
-    let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
     PRIVATE_PAGES.contains(&path)
 }
 

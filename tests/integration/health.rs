@@ -1,8 +1,8 @@
 //! Liveness, readiness, and the pages the server renders.
 
 use crate::helpers::{BACKENDS, Backend, signed_in, spawn_app};
-use signet::domain::Role;
 use reqwest::StatusCode;
+use signet::domain::Role;
 
 #[tokio::test]
 async fn live_and_ready_answer_on_both_backends() {
