@@ -19,7 +19,12 @@ test('an API token is created with scopes, shown once, works, and can be revoked
   const keys = await request.get('/api/v1/keys', { headers: { authorization: `Bearer ${secret}` } });
   expect(keys.status()).toBe(200);
 
+  // Revoking asks first; cancelling changes nothing.
   await row.getByRole('button', { name: `Revoke token ${name}` }).click();
+  await row.getByRole('button', { name: 'Cancel' }).click();
+  await expect(row.locator('.status')).toHaveText('active');
+  await row.getByRole('button', { name: `Revoke token ${name}` }).click();
+  await row.getByRole('button', { name: `Confirm: Revoke token ${name}` }).click();
   await expect(row.locator('.status')).toHaveText(/^revoked /);
   const after = await request.get('/api/v1/keys', { headers: { authorization: `Bearer ${secret}` } });
   expect(after.status()).toBe(401);
@@ -37,6 +42,7 @@ test('an admin is created with a one-time password and can be disabled', async (
   await expect(row.locator('.status')).toHaveText('one-time password');
 
   await row.getByRole('button', { name: `Disable ${email}` }).click();
+  await row.getByRole('button', { name: `Confirm: Disable ${email}` }).click();
   await expect(row.locator('.status')).toHaveText('disabled');
   await row.getByRole('button', { name: `Enable ${email}` }).click();
   await expect(row.locator('.status')).toHaveText('one-time password');

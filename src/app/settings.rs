@@ -181,6 +181,45 @@ pub fn SettingsPage() -> impl IntoView {
     }
 }
 
+/// A button for an action that cannot be undone: the first click asks, in place, for a
+/// second ("Confirm" or "Cancel"). With `ask` false it acts at once.
+#[component]
+fn ConfirmButton(
+    /// The accessible name, e.g. "Revoke token ci".
+    label: String,
+    text: &'static str,
+    class: &'static str,
+    ask: bool,
+    enabled: Signal<bool>,
+    on_confirm: Callback<()>,
+) -> impl IntoView {
+    let armed = RwSignal::new(false);
+    let confirm_label = format!("Confirm: {label}");
+    view! {
+        <Show
+            when=move || armed.get()
+            fallback=move || {
+                let label = label.clone();
+                view! {
+                    <button type="button" class=class aria-label=label disabled=move || !enabled.get()
+                        on:click=move |_| if ask { armed.set(true) } else { on_confirm.run(()) }>
+                        {text}
+                    </button>
+                }
+            }
+        >
+            <span class="confirm-inline">
+                <button type="button" class="danger small" aria-label=confirm_label.clone()
+                    disabled=move || !enabled.get()
+                    on:click=move |_| { armed.set(false); on_confirm.run(()); }>
+                    {format!("Confirm {}", text.to_lowercase())}
+                </button>
+                <button type="button" class="ghost small" on:click=move |_| armed.set(false)>"Cancel"</button>
+            </span>
+        </Show>
+    }
+}
+
 /// A secret shown once, with a copy button.
 #[component]
 fn SecretBox(secret: Secret) -> impl IntoView {
@@ -252,11 +291,17 @@ fn Admins() -> impl IntoView {
                                                     <td data-label="Created">{a.created_at}</td>
                                                     <td data-label="Last sign-in">{a.last_login_at.unwrap_or_else(|| "never".into())}</td>
                                                     <td data-label="Actions">
-                                                        <button type="button" class="ghost small" aria-label=label
-                                                            disabled=move || !enabled() || toggle.pending().get()
-                                                            on:click=move |_| { toggle.dispatch(SetAdminDisabled { id: id.clone(), disabled: !disabled }); }>
-                                                            {if disabled { "Enable" } else { "Disable" }}
-                                                        </button>
+                                                        <ConfirmButton
+                                                            label
+                                                            text=if disabled { "Enable" } else { "Disable" }
+                                                            class="ghost small"
+                                                            // Enabling is harmless; disabling ends their sessions.
+                                                            ask=!disabled
+                                                            enabled=Signal::derive(move || enabled() && !toggle.pending().get())
+                                                            on_confirm=Callback::new(move |()| {
+                                                                toggle.dispatch(SetAdminDisabled { id: id.clone(), disabled: !disabled });
+                                                            })
+                                                        />
                                                     </td>
                                                 </tr>
                                             }
@@ -352,11 +397,16 @@ fn Tokens() -> impl IntoView {
                                                     <td class="status" data-label="Status">{t.revoked_at.map_or_else(|| "active".to_string(), |r| format!("revoked {r}"))}</td>
                                                     <td data-label="Actions">
                                                         {live.then(|| view! {
-                                                            <button type="button" class="danger small" aria-label=label
-                                                                disabled=move || !enabled() || revoke.pending().get()
-                                                                on:click=move |_| { revoke.dispatch(RevokeToken { id: id.clone() }); }>
-                                                                "Revoke"
-                                                            </button>
+                                                            <ConfirmButton
+                                                                label
+                                                                text="Revoke"
+                                                                class="danger small"
+                                                                ask=true
+                                                                enabled=Signal::derive(move || enabled() && !revoke.pending().get())
+                                                                on_confirm=Callback::new(move |()| {
+                                                                    revoke.dispatch(RevokeToken { id: id.clone() });
+                                                                })
+                                                            />
                                                         })}
                                                     </td>
                                                 </tr>

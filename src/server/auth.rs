@@ -80,22 +80,27 @@ pub async fn hash_password(password: String) -> Result<String, AuthError> {
 }
 
 /// Checks a password against a PHC string, off the async threads. A malformed hash
-/// never matches.
-pub async fn verify_password(hash: String, password: String) -> bool {
+/// never matches. Without a hash (an unknown account), the same work is done against a
+/// dummy hash, and the answer is `false`.
+pub async fn verify_password(hash: Option<String>, password: String) -> bool {
     tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
+        let matches = PasswordHash::new(&hash)
             .map(|parsed| {
                 hasher()
                     .verify_password(password.as_bytes(), &parsed)
                     .is_ok()
             })
-            .unwrap_or(false)
+            .unwrap_or(false);
+        known && matches
     })
     .await
     .unwrap_or(false)
 }
 
 /// What an unknown account is checked against, so it costs as much as a known one.
+/// Computed on first use, on the blocking pool (inside `verify_password`).
 static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
     hasher()
@@ -281,7 +286,7 @@ pub async fn change_own_password(
     source: Option<String>,
 ) -> Result<(), AuthError> {
     admin::check_new_password(&new)?;
-    if !verify_password(admin.password_hash.clone(), current).await {
+    if !verify_password(Some(admin.password_hash.clone()), current).await {
         return Err(AuthError::WrongPassword);
     }
     let change = AdminChange::Password {
@@ -398,9 +403,7 @@ pub async fn sign_in(
         Some(e) => storage.find_admin_by_email(e).await?,
         None => None,
     };
-    let hash = admin
-        .as_ref()
-        .map_or_else(|| DUMMY_HASH.clone(), |a| a.password_hash.clone());
+    let hash = admin.as_ref().map(|a| a.password_hash.clone());
     let password_ok = verify_password(hash, password).await;
     match admin {
         Some(admin) if password_ok && admin.disabled_at.is_none() => {
@@ -512,8 +515,10 @@ mod tests {
             hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
             "{hash}"
         );
-        assert!(verify_password(hash.clone(), "correct horse battery".into()).await);
-        assert!(!verify_password(hash, "wrong horse battery".into()).await);
-        assert!(!verify_password("not a hash".into(), "x".into()).await);
+        assert!(verify_password(Some(hash.clone()), "correct horse battery".into()).await);
+        assert!(!verify_password(Some(hash), "wrong horse battery".into()).await);
+        assert!(!verify_password(Some("not a hash".into()), "x".into()).await);
+        // An unknown account never matches, even with the dummy's own password.
+        assert!(!verify_password(None, "no such account".into()).await);
     }
 }

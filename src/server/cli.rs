@@ -193,14 +193,21 @@ async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let mut app = Application::build(config, options).await?;
     let url = app.url();
     tracing::info!(%url, "Signet is listening");
-    println!("Signet is running at {url}");
+    let mut banner = format!("Signet is running at {url}\n");
     if let Some((email, password)) = app.take_first_admin() {
         // Printed once, to the operator's terminal, never to the log.
-        println!();
-        println!("First start: created the admin account {email}.");
-        println!("One-time password: {password}");
-        println!("Sign in at {url}/login and choose your own password.");
-        println!();
+        banner.push_str(&format!(
+            "\nFirst start: created the admin account {email}.\n\
+             One-time password: {password}\n\
+             Sign in at {url}/login and choose your own password.\n\n"
+        ));
+    }
+    // Whoever started us may have stopped reading stdout (a script that only wanted the
+    // URL); a closed pipe must not take the server down.
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     }
     app.run_until_stopped(startup::shutdown_signal()).await?;
     Ok(())
