@@ -31,7 +31,12 @@ pub async fn who_am_i() -> Result<Option<Me>, ServerFnError> {
 /// Where to go after signing in: a path on this site, never another site.
 #[cfg(feature = "ssr")]
 pub fn safe_next(next: &str) -> String {
-    let local = next.starts_with('/') && !next.starts_with("//") && !next.contains('\\');
+    // Browsers drop tabs and newlines from URLs, so "/\t/evil.example" would become
+    // "//evil.example": no whitespace or control characters at all.
+    let local = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && !next.chars().any(|c| c.is_whitespace() || c.is_control());
     if local && next != "/login" {
         next.to_string()
     } else {
@@ -126,6 +131,10 @@ pub async fn change_password(current: String, new: String) -> Result<(), ServerF
         Err(e @ (AuthError::Password(_) | AuthError::WrongPassword)) => {
             Err(refuse(StatusCode::BAD_REQUEST, capital(&e.to_string())))
         }
+        Err(e @ AuthError::Throttled(_)) => Err(refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            capital(&e.to_string()),
+        )),
         Err(e) => Err(internal(e)),
     }
 }
@@ -312,6 +321,8 @@ mod tests {
             "https://evil.example/",
             "//evil.example",
             "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
             "",
             "/login",
         ] {

@@ -66,8 +66,20 @@ fn hasher() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
+/// Hashes running at once. Each takes 19 MiB and a core for tens of milliseconds; without
+/// a bound, a burst of sign-ins (even for unknown accounts) could take all the memory
+/// and starve the threads that serve the JWKS.
+static HASHING: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::sync::Semaphore::new(cores)
+});
+
 /// Hashes a password into a PHC string, off the async threads.
 pub async fn hash_password(password: String) -> Result<String, AuthError> {
+    let _permit = HASHING
+        .acquire()
+        .await
+        .map_err(|e| AuthError::Hash(e.to_string()))?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         hasher()
@@ -83,6 +95,9 @@ pub async fn hash_password(password: String) -> Result<String, AuthError> {
 /// never matches. Without a hash (an unknown account), the same work is done against a
 /// dummy hash, and the answer is `false`.
 pub async fn verify_password(hash: Option<String>, password: String) -> bool {
+    let Ok(_permit) = HASHING.acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
@@ -286,9 +301,24 @@ pub async fn change_own_password(
     source: Option<String>,
 ) -> Result<(), AuthError> {
     admin::check_new_password(&new)?;
+    // Guessing the current password is throttled like signing in.
+    let now = Utc::now();
+    let account = account_key(admin.email.as_str());
+    if let Some(until) = storage
+        .login_locked_until(std::slice::from_ref(&account), now)
+        .await?
+    {
+        return Err(AuthError::Throttled((until - now).num_seconds().max(1)));
+    }
+    let attempts = count_attempts(storage, &account, None, now).await?;
+    if let Some(wait) = attempts.throttled() {
+        return Err(AuthError::Throttled(wait));
+    }
     if !verify_password(Some(admin.password_hash.clone()), current).await {
+        attempts.lock_if_spent(storage, now).await?;
         return Err(AuthError::WrongPassword);
     }
+    storage.clear_login_failures(&account).await?;
     let change = AdminChange::Password {
         hash: hash_password(new).await?,
         must_change: false,
@@ -341,7 +371,7 @@ pub async fn set_disabled(
     };
     let actor = admin_actor(by, source);
     let details = serde_json::json!({ "email": target.email });
-    storage
+    let changed = storage
         .change_admin(
             &target.id,
             &AdminChange::Disabled(disabled),
@@ -349,6 +379,10 @@ pub async fn set_disabled(
             &event(level, kind, &actor, details),
         )
         .await?;
+    if !changed {
+        // The database's own guard: another admin was disabled meanwhile.
+        return Err(AuthError::LastAdmin);
+    }
     storage
         .find_admin(&target.id)
         .await?
@@ -398,6 +432,13 @@ pub async fn sign_in(
     if let Some(until) = storage.login_locked_until(&keys, now).await? {
         return Err(AuthError::Throttled((until - now).num_seconds().max(1)));
     }
+    // Every attempt is counted before the password is checked, in one atomic statement
+    // per key, so attempts sent in parallel cannot all slip past the limit while the
+    // first ones are still hashing. A right password takes its count back.
+    let attempts = count_attempts(storage, &account, source.as_deref(), now).await?;
+    if let Some(wait) = attempts.throttled() {
+        return Err(AuthError::Throttled(wait));
+    }
 
     let admin = match &parsed {
         Some(e) => storage.find_admin_by_email(e).await?,
@@ -408,6 +449,9 @@ pub async fn sign_in(
     match admin {
         Some(admin) if password_ok && admin.disabled_at.is_none() => {
             storage.clear_login_failures(&account).await?;
+            if let Some(src) = &source {
+                storage.forgive_login_failure(&address_key(src)).await?;
+            }
             let actor = admin_actor(&admin, source);
             let details = serde_json::json!({ "email": admin.email, "role": admin.role });
             storage
@@ -421,7 +465,7 @@ pub async fn sign_in(
             Ok(admin)
         }
         admin => {
-            record_failure(storage, &account, source.as_deref(), now).await?;
+            attempts.lock_if_spent(storage, now).await?;
             let why = match admin {
                 None => "unknown account",
                 Some(a) if a.disabled_at.is_some() => "account disabled",
@@ -453,24 +497,58 @@ pub async fn sign_in(
     }
 }
 
-async fn record_failure(
+/// The attempts counted under each throttle key for one sign-in.
+struct Attempts(Vec<(String, i64, i64)>);
+
+impl Attempts {
+    /// Seconds to wait if any key is past its allowance (the attempt is then refused
+    /// unchecked, and the key locked).
+    fn throttled(&self) -> Option<i64> {
+        self.0
+            .iter()
+            .filter(|(_, n, free)| n > free)
+            .filter_map(|(_, n, free)| lock_for(n - 1, *free))
+            .map(|d| d.num_seconds())
+            .max()
+    }
+
+    /// After a failure: a key whose allowance this attempt used up is locked.
+    async fn lock_if_spent(
+        &self,
+        storage: &dyn Storage,
+        now: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        for (key, n, free) in &self.0 {
+            if let Some(lock) = lock_for(*n, *free) {
+                storage.lock_login(key, now + lock).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn count_attempts(
     storage: &dyn Storage,
     account: &str,
     source: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<(), StorageError> {
+) -> Result<Attempts, StorageError> {
     let window_start = now - THROTTLE_WINDOW;
     let mut keys = vec![(account.to_string(), ACCOUNT_FREE_FAILURES)];
     if let Some(src) = source {
         keys.push((address_key(src), ADDRESS_FREE_FAILURES));
     }
+    let mut counted = Vec::with_capacity(keys.len());
     for (key, free) in keys {
-        let failures = storage.count_login_failure(&key, now, window_start).await?;
-        if let Some(lock) = lock_for(failures, free) {
+        let n = storage.count_login_failure(&key, now, window_start).await?;
+        if n > free
+            && let Some(lock) = lock_for(n - 1, free)
+        {
             storage.lock_login(&key, now + lock).await?;
         }
+        counted.push((key, n, free));
     }
-    Ok(())
+    Ok(Attempts(counted))
 }
 
 /// Records a sign-out.

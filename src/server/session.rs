@@ -156,6 +156,19 @@ pub async fn end(session: &Session) {
     }
 }
 
+/// Whether the session's record is still in the database (not signed out or expired
+/// since this request loaded it). Long-lived responses such as the live tail check it on
+/// every round, since the session object caches what it loaded.
+pub async fn still_stored(session: &Session, storage: &dyn Storage) -> bool {
+    match session.id() {
+        Some(id) => matches!(
+            storage.load_session(&key(&id), Utc::now()).await,
+            Ok(Some(_))
+        ),
+        None => false,
+    }
+}
+
 /// Why a request was not allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {

@@ -237,22 +237,32 @@ pub fn event_view(e: &StoredEvent) -> EventView {
 /// How often the live tail looks for new events. Every instance writes to the same
 /// database, so reading it catches events made anywhere.
 const TAIL_EVERY: Duration = Duration::from_secs(1);
+/// Rows per read of the live tail; a longer backlog is read in several rounds.
+const TAIL_BATCH: i64 = 200;
 
 /// `GET /events/stream`: server-sent events, one `audit` event per new audit row that
-/// passes the filters, newest last. The session is checked again on every poll, so a
-/// sign-out or an expired session ends the stream.
+/// passes the filters, oldest first, each with its id (so a reconnecting browser's
+/// `Last-Event-ID` resumes where it stopped). The session is checked again on every
+/// poll, against the database, so a sign-out anywhere or an expired session ends the
+/// stream.
 async fn stream_events(
     State(state): State<AppState>,
     session: Session,
+    headers: HeaderMap,
     Query(filter): Query<EventFilter>,
 ) -> Response {
     if let Err(refused) = viewer(&state, &session, Role::Viewer).await {
         return refused;
     }
-    let mut query = match filter.query(200) {
+    let mut query = match filter.query(TAIL_BATCH) {
         Ok(q) => q,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    query.after_id = query.after_id.max(resumed);
     if query.after_id.is_none() {
         // Start from now: the page already shows what came before.
         let newest = state
@@ -268,27 +278,37 @@ async fn stream_events(
         query.after_id = Some(newest);
     }
     let stream = futures_util::stream::unfold(
-        (state, session, query, Vec::<Event>::new()),
-        |(state, session, mut query, mut pending)| async move {
+        (
+            state,
+            session,
+            query,
+            std::collections::VecDeque::<Event>::new(),
+            false,
+        ),
+        |(state, session, mut query, mut pending, mut behind)| async move {
             loop {
-                if let Some(event) = pending.pop() {
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(event),
-                        (state, session, query, pending),
-                    ));
+                if let Some(event) = pending.pop_front() {
+                    let next = (state, session, query, pending, behind);
+                    return Some((Ok::<_, std::convert::Infallible>(event), next));
                 }
-                tokio::time::sleep(TAIL_EVERY).await;
-                if viewer(&state, &session, Role::Viewer).await.is_err() {
+                // A full batch means more may be waiting: read on without sleeping.
+                if !behind {
+                    tokio::time::sleep(TAIL_EVERY).await;
+                }
+                let signed_in = viewer(&state, &session, Role::Viewer).await.is_ok()
+                    && session::still_stored(&session, state.storage.as_ref()).await;
+                if !signed_in {
                     return None;
                 }
                 let Ok(rows) = state.storage.list_events(&query).await else {
+                    behind = false;
                     continue;
                 };
-                if let Some(newest) = rows.first() {
-                    query.after_id = Some(newest.id);
+                // Oldest first (the query reads forward from `after_id`).
+                behind = rows.len() as i64 == query.limit;
+                if let Some(last) = rows.last() {
+                    query.after_id = Some(last.id);
                 }
-                // Rows come newest first; `pending` pops from the end, so the oldest goes
-                // out first.
                 pending = rows
                     .iter()
                     .filter_map(|e| {

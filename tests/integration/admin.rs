@@ -532,3 +532,119 @@ async fn the_cli_creates_admins_and_prints_only_the_password() {
         assert_eq!(events_of(&app, "admin.created").await.len(), 3);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_guesses_do_not_slip_past_the_throttle() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        create_admin(&app, "ops@example.com", Role::Admin).await;
+        let attempts = (0..12).map(|i| {
+            let mut ui = UiClient::new(&app);
+            async move {
+                ui.sign_in("ops@example.com", &format!("guess {i}"))
+                    .await
+                    .status
+            }
+        });
+        let statuses = futures_util::future::join_all(attempts).await;
+        let checked = statuses.iter().filter(|s| s.as_u16() == 401).count();
+        let throttled = statuses.iter().filter(|s| s.as_u16() == 429).count();
+        assert_eq!(checked + throttled, 12, "{backend:?}: {statuses:?}");
+        assert!(
+            checked <= 5,
+            "{backend:?}: {checked} passwords were checked: {statuses:?}"
+        );
+        assert_eq!(events_of(&app, "admin.login_failed").await.len(), checked);
+        // The right password is refused too while the lock lasts.
+        let mut ui = UiClient::new(&app);
+        assert_eq!(
+            ui.sign_in("ops@example.com", TEST_PASSWORD).await.status,
+            429
+        );
+    }
+}
+
+#[tokio::test]
+async fn guessing_the_current_password_is_throttled_too() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut ui = signed_in(&app, "ops@example.com", Role::Admin).await;
+    let body = |current: &str| {
+        format!(
+            "current={}&new={}",
+            encode(current),
+            encode("a brand new password")
+        )
+    };
+    for i in 0..5 {
+        let wrong = ui
+            .call("change_password", &body(&format!("guess {i}")))
+            .await;
+        assert_eq!(wrong.status, 400, "{}", wrong.body);
+    }
+    let locked = ui.call("change_password", &body(TEST_PASSWORD)).await;
+    assert_eq!(locked.status, 429, "{}", locked.body);
+    // Nothing changed: the old password still signs in once the lock is gone.
+    app.db.execute("DELETE FROM login_throttle").await.unwrap();
+    let mut fresh = UiClient::new(&app);
+    assert_eq!(
+        fresh.sign_in("ops@example.com", TEST_PASSWORD).await.status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_admins_disabling_each_other_leave_one_enabled() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let mut boss = signed_in(&app, "boss@example.com", Role::Admin).await;
+        let mut ops = signed_in(&app, "ops@example.com", Role::Admin).await;
+        let id_of = |email: &'static str| {
+            let storage = app.state.storage.clone();
+            async move {
+                storage
+                    .list_admins()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|a| a.email.as_str() == email)
+                    .unwrap()
+                    .id
+            }
+        };
+        let first = id_of("admin@localhost").await;
+        let off = boss
+            .call("set_admin_disabled", &format!("id={first}&disabled=true"))
+            .await;
+        assert_eq!(off.status, 200, "{}", off.body);
+        let (boss_id, ops_id) = (
+            id_of("boss@example.com").await,
+            id_of("ops@example.com").await,
+        );
+        let (disable_ops, disable_boss) = (
+            format!("id={ops_id}&disabled=true"),
+            format!("id={boss_id}&disabled=true"),
+        );
+        let (a, b) = tokio::join!(
+            boss.call("set_admin_disabled", &disable_ops),
+            ops.call("set_admin_disabled", &disable_boss),
+        );
+        let enabled = app
+            .state
+            .storage
+            .list_admins()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|a| a.role == Role::Admin && a.disabled_at.is_none())
+            .count();
+        assert_eq!(enabled, 1, "{backend:?}: {} / {}", a.body, b.body);
+        let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+        statuses.sort_unstable();
+        // One wins; the other is refused (409), or finds its own session ended (401).
+        assert_eq!(statuses[0], 200, "{backend:?}: {} / {}", a.body, b.body);
+        assert!(
+            matches!(statuses[1], 401 | 409),
+            "{backend:?}: {statuses:?}"
+        );
+    }
+}

@@ -370,3 +370,71 @@ async fn public_keys_download_as_pem() {
         401
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_live_tail_delivers_a_burst_in_order_and_ends_at_sign_out() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let mut ui = signed_in(&app, "viewer@example.com", Role::Viewer).await;
+        let mut stream = ui.get_raw("/events/stream?kind=schedule.changed").await;
+        assert_eq!(stream.status(), 200);
+        // More than one read's worth arrives while the stream is open.
+        seed_events(&app, 450).await;
+        let expected = 300; // i % 3 != 0 of 0..450
+
+        let mut text = String::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while text.matches("event: audit").count() < expected {
+            let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+                .await
+                .expect("the burst arrives within 20 s")
+                .unwrap()
+                .expect("stream open");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        let ids: Vec<i64> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert_eq!(ids.len(), expected, "{backend:?}");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{backend:?}: oldest first, none twice"
+        );
+
+        // Signing out elsewhere (same session) ends the stream; the session does not
+        // come back.
+        let mut other = crate::helpers::UiClient::new(&app);
+        other.cookie = ui.cookie.clone();
+        assert_eq!(other.call("sign_out", "").await.status, 200);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while let Ok(Some(_)) = stream.chunk().await {}
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "{backend:?}: the stream outlived the session"
+        );
+        assert_eq!(ui.call("who_am_i", "").await.body, "null");
+        let sessions = app
+            .state
+            .storage
+            .load_session("no-such-session", chrono::Utc::now())
+            .await
+            .unwrap();
+        assert!(sessions.is_none());
+        let revived = app
+            .state
+            .storage
+            .save_session(
+                "gone",
+                "{}",
+                chrono::Utc::now() + chrono::Duration::hours(1),
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(!revived, "saving a deleted session must not recreate it");
+    }
+}

@@ -149,6 +149,7 @@ pub struct EventQuery {
     /// Only events with a smaller id (the cursor of the previous page).
     pub before_id: Option<i64>,
     /// Only events with a larger id (what is new since the last look: the live tail).
+    /// Without `before_id`, these come oldest first.
     pub after_id: Option<i64>,
     pub limit: i64,
 }
@@ -322,8 +323,8 @@ pub trait Storage: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<String>, StorageError>;
 
-    /// Inserts or replaces a session record. With `create`, an existing id is left alone
-    /// and `false` returned (the caller picks another id).
+    /// Inserts a session record (`create`; an existing id is left alone and `false`
+    /// returned, so the caller picks another id) or updates one that still exists.
     async fn save_session(
         &self,
         id: &str,
@@ -356,6 +357,9 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Option<DateTime<Utc>>, StorageError>;
 
     async fn clear_login_failures(&self, key: &str) -> Result<(), StorageError>;
+
+    /// Takes back one counted attempt (a sign-in that turned out right).
+    async fn forgive_login_failure(&self, key: &str) -> Result<(), StorageError>;
 
     /// The whole chain in id order and the head (last id, last hash), for verification.
     async fn audit_chain(&self) -> Result<(Vec<StoredEvent>, i64, String), StorageError>;

@@ -420,7 +420,14 @@ macro_rules! storage_impl {
                 if let Some(after) = q.after_id {
                     sql.push(" AND id > ").push_bind(after);
                 }
-                sql.push(" ORDER BY id DESC LIMIT ").push_bind(q.limit);
+                // Newest first, except when reading forward from a point (the live tail),
+                // which must see the oldest new rows first so none is skipped.
+                let order = if q.after_id.is_some() && q.before_id.is_none() {
+                    " ORDER BY id ASC LIMIT "
+                } else {
+                    " ORDER BY id DESC LIMIT "
+                };
+                sql.push(order).push_bind(q.limit);
                 sql.build()
                     .fetch_all(&self.pool)
                     .await?
@@ -584,16 +591,25 @@ macro_rules! storage_impl {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?,
-                    AdminChange::Disabled(disabled) => sqlx::query(
-                        "UPDATE admins SET disabled_at = CASE WHEN $1 THEN $2 ELSE NULL END, \
-                           sessions_valid_after = CASE WHEN $1 THEN $2 ELSE sessions_valid_after END \
-                         WHERE id = $3",
-                    )
-                    .bind(*disabled)
-                    .bind(at)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?,
+                    AdminChange::Disabled(disabled) => {
+                        // Admin changes take the audit head's lock first, so they run one
+                        // at a time and the guard below sees every committed change: two
+                        // admins disabling each other at once cannot leave nobody.
+                        let _head: (i64, String) =
+                            sqlx::query_as($lock_head).fetch_one(&mut *tx).await?;
+                        sqlx::query(
+                            "UPDATE admins SET disabled_at = CASE WHEN $1 THEN $2 ELSE NULL END, \
+                               sessions_valid_after = CASE WHEN $1 THEN $2 ELSE sessions_valid_after END \
+                             WHERE id = $3 AND (NOT $1 OR role <> 'admin' OR EXISTS ( \
+                               SELECT 1 FROM admins other WHERE other.role = 'admin' \
+                                 AND other.disabled_at IS NULL AND other.id <> $3))",
+                        )
+                        .bind(*disabled)
+                        .bind(at)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?
+                    }
                     AdminChange::SignedIn => {
                         sqlx::query("UPDATE admins SET last_login_at = $1 WHERE id = $2")
                             .bind(at)
@@ -635,8 +651,9 @@ macro_rules! storage_impl {
                     "INSERT INTO sessions (id, record, expires_at) VALUES ($1, $2, $3) \
                      ON CONFLICT (id) DO NOTHING"
                 } else {
-                    "INSERT INTO sessions (id, record, expires_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (id) DO UPDATE SET record = $2, expires_at = $3"
+                    // Only a session that still exists is updated: a request that loaded
+                    // it before a sign-out must not bring it back.
+                    "UPDATE sessions SET record = $2, expires_at = $3 WHERE id = $1"
                 };
                 let done = sqlx::query(sql)
                     .bind(id)
@@ -729,6 +746,17 @@ macro_rules! storage_impl {
                     latest = latest.max(until.flatten());
                 }
                 Ok(latest)
+            }
+
+            async fn forgive_login_failure(&self, key: &str) -> Result<(), StorageError> {
+                sqlx::query(
+                    "UPDATE login_throttle SET failures = failures - 1 \
+                     WHERE key = $1 AND failures > 0",
+                )
+                .bind(key)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
             }
 
             async fn clear_login_failures(&self, key: &str) -> Result<(), StorageError> {
