@@ -276,13 +276,17 @@ fn router(state: AppState) -> Router {
             web::page_gate,
         ))
         .layer(session::layer(state.storage.clone(), &state.config));
-    Router::new()
+    let with_headers = Router::new()
         .merge(health::router())
-        .merge(wellknown::router())
         .nest("/api/v1", api::router())
         .merge(ui)
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
-        .layer(axum::middleware::from_fn(web::security_headers))
+        .layer(axum::middleware::from_fn(web::security_headers));
+    // The well-known routes set their own few headers: the JWKS is the hot path, served
+    // from precomputed bytes, and skips the middleware.
+    Router::new()
+        .merge(wellknown::router())
+        .merge(with_headers)
         .with_state(state)
 }
 

@@ -62,6 +62,11 @@ async fn jwks(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
         HeaderValue::from_static("*"),
     );
+    // Set here rather than by the UI's header middleware, which the hottest route skips.
+    response_headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     if let Ok(v) =
         HeaderValue::from_str(&format!("public, max-age={max_age}, stale-if-error=86400"))
     {
@@ -107,7 +112,10 @@ async fn openid_configuration(State(state): State<AppState>) -> impl IntoRespons
         .map(|a| a.as_str())
         .collect();
     (
-        [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+        [
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
         Json(serde_json::json!({
             "issuer": issuer,
             "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
