@@ -31,6 +31,7 @@ struct Check {
 struct Report {
     status: &'static str,
     checks: Vec<Check>,
+    rotation_overdue: bool,
 }
 
 async fn live() -> Json<serde_json::Value> {
@@ -83,9 +84,15 @@ async fn ready(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // Reported, never failing: an overdue rotation is the scheduler's alarm, and taking
+    // the instance out of the load balancer would not rotate anything.
+    let rotation_overdue = crate::server::metrics::key_ages(&state.keys, chrono::Utc::now())
+        .iter()
+        .any(|(_, _, late)| *late);
     let report = Report {
         status: if ok { "ready" } else { "unavailable" },
         checks,
+        rotation_overdue,
     };
     (status, Json(report)).into_response()
 }

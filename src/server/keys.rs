@@ -134,6 +134,16 @@ pub struct KeyService {
     /// The next scheduled rotation, cached: the JWKS handler needs it on every request and
     /// walking the cron expression each time would cost more than serving the bytes.
     next_rotation: RwLock<Option<DateTime<Utc>>>,
+    /// What this process rotated and revoked, for `/metrics`.
+    pub counters: crate::server::metrics::Counters,
+}
+
+/// How many keys a plan revokes.
+fn revoked_count(plan: &Plan) -> usize {
+    plan.transitions
+        .iter()
+        .filter(|t| t.to == KeyState::Revoked && t.from != t.to)
+        .count()
 }
 
 /// Granularity of the per-key latest-`exp` record: at most one write a minute per key.
@@ -175,6 +185,7 @@ impl KeyService {
             }),
             recorded_exp: std::sync::Mutex::new(HashMap::new()),
             next_rotation: RwLock::new(None),
+            counters: Default::default(),
             config,
         }
     }
@@ -439,7 +450,10 @@ impl KeyService {
             )
             .await?;
         self.reload_after_change().await;
-        Ok(plan.unwrap_or_default())
+        let plan = plan.unwrap_or_default();
+        self.counters.rotated(actor.trigger);
+        self.counters.revoked(revoked_count(&plan));
+        Ok(plan)
     }
 
     /// Revokes one key. Revoking the active key promotes the next one in the same
@@ -462,7 +476,9 @@ impl KeyService {
             )
             .await?;
         self.reload_after_change().await;
-        Ok(plan.unwrap_or_default())
+        let plan = plan.unwrap_or_default();
+        self.counters.revoked(revoked_count(&plan));
+        Ok(plan)
     }
 
     /// Housekeeping: retires rotated keys whose publication has ended, destroying their

@@ -278,6 +278,7 @@ fn router(state: AppState) -> Router {
         .layer(session::layer(state.storage.clone(), &state.config));
     let with_headers = Router::new()
         .merge(health::router())
+        .merge(crate::server::metrics::router())
         .nest("/api/v1", api::router())
         .merge(ui)
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))

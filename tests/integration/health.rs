@@ -104,3 +104,79 @@ async fn unknown_page_is_a_real_404() {
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert!(res.text().await.unwrap().contains("Not found"));
 }
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_show_the_schedule_key_ages_and_what_was_rotated() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let res = app.get("/metrics").await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        let text = res.text().await.unwrap();
+        let next = metric(&text, "signet_next_rotation_timestamp_seconds");
+        assert!(next > chrono::Utc::now().timestamp() as f64, "{text}");
+        assert!(metric(&text, "signet_key_age_seconds{alg=\"EdDSA\"}") < 60.0);
+        assert!(metric(&text, "signet_key_age_seconds{alg=\"RS256\"}") < 60.0);
+        assert_eq!(metric(&text, "signet_rotation_overdue"), 0.0);
+        assert_eq!(metric(&text, "signet_rotations_total{trigger=\"ui\"}"), 0.0);
+
+        // Rotate from the UI and revoke from the UI: the counters move.
+        let mut ui = signed_in(&app, "ops@example.com", Role::Admin).await;
+        assert_eq!(ui.call("rotate_keys", "alg=").await.status, 200);
+        let kid = app
+            .state
+            .keys
+            .snapshot()
+            .keys
+            .iter()
+            .find(|k| k.state == signet::domain::KeyState::Next)
+            .unwrap()
+            .kid
+            .to_string();
+        let revoked = ui
+            .call("revoke_key", &format!("kid={kid}&reason=drill"))
+            .await;
+        assert_eq!(revoked.status, 200, "{}", revoked.body);
+        let text = app.get("/metrics").await.text().await.unwrap();
+        assert_eq!(
+            metric(&text, "signet_rotations_total{trigger=\"ui\"}"),
+            1.0,
+            "{text}"
+        );
+        assert_eq!(metric(&text, "signet_revoked_keys_total"), 1.0, "{text}");
+
+        // An active key older than a schedule period (a month here) is overdue; readiness
+        // reports it without failing.
+        let old = if app.db.is_postgres() {
+            "UPDATE signing_keys SET activated_at = '2000-01-01T00:00:00Z' WHERE state = 'active' AND alg = 'EdDSA'"
+        } else {
+            "UPDATE signing_keys SET activated_at = '2000-01-01T00:00:00+00:00' WHERE state = 'active' AND alg = 'EdDSA'"
+        };
+        app.db.execute(old).await.unwrap();
+        app.state.keys.reload().await.unwrap();
+        let text = app.get("/metrics").await.text().await.unwrap();
+        assert_eq!(
+            metric(&text, "signet_rotation_overdue"),
+            1.0,
+            "{backend:?}: {text}"
+        );
+        assert!(metric(&text, "signet_key_age_seconds{alg=\"EdDSA\"}") > 8.0e8);
+        let ready = app.get("/health/ready").await;
+        assert_eq!(ready.status(), StatusCode::OK);
+        let body: serde_json::Value = ready.json().await.unwrap();
+        assert_eq!(body["rotation_overdue"], true, "{body}");
+    }
+}

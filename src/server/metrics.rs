@@ -1,0 +1,114 @@
+//! `GET /metrics`: Prometheus text exposition of the key lifecycle.
+//!
+//! Gauges are computed from the in-memory snapshot and schedule at scrape time; counters
+//! count what this process did (Prometheus sums them across instances).
+
+use crate::domain::audit::Trigger;
+use crate::domain::{Algorithm, KeyState};
+use crate::server::keys::KeyService;
+use crate::server::state::AppState;
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How much later than one schedule period an active key may be before it counts as
+/// overdue: a slow instance start or a brief outage is not an alarm.
+pub const OVERDUE_MARGIN_SECS: i64 = 3600;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+/// Rotations by trigger and revoked keys, since this process started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    rotations: [AtomicU64; 4],
+    revoked_keys: AtomicU64,
+}
+
+const TRIGGERS: [Trigger; 4] = [Trigger::Ui, Trigger::Api, Trigger::Cli, Trigger::Scheduler];
+
+impl Counters {
+    pub fn rotated(&self, trigger: Trigger) {
+        if let Some(i) = TRIGGERS.iter().position(|t| *t == trigger) {
+            self.rotations[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn revoked(&self, keys: usize) {
+        self.revoked_keys.fetch_add(keys as u64, Ordering::Relaxed);
+    }
+}
+
+/// Per enabled algorithm: the active key's age, and whether it is older than one period
+/// of the schedule plus [`OVERDUE_MARGIN_SECS`].
+pub fn key_ages(keys: &KeyService, now: DateTime<Utc>) -> Vec<(Algorithm, i64, bool)> {
+    let upcoming = keys.schedule().cron.upcoming(now, 2);
+    let period = match upcoming.as_slice() {
+        [a, b] => (*b - *a).num_seconds(),
+        _ => i64::MAX / 2,
+    };
+    let snapshot = keys.snapshot();
+    keys.enabled()
+        .iter()
+        .filter_map(|alg| {
+            let active = snapshot
+                .keys
+                .iter()
+                .find(|k| k.alg == *alg && k.state == KeyState::Active)?;
+            let age = (now - active.activated_at.unwrap_or(active.created_at)).num_seconds();
+            Some((*alg, age, age > period.saturating_add(OVERDUE_MARGIN_SECS)))
+        })
+        .collect()
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let now = Utc::now();
+    let keys = &state.keys;
+    let mut out = String::new();
+    let ages = key_ages(keys, now);
+
+    out.push_str("# HELP signet_next_rotation_timestamp_seconds When the schedule rotates the keys next (Unix time).\n");
+    out.push_str("# TYPE signet_next_rotation_timestamp_seconds gauge\n");
+    if let Some(next) = keys.next_rotation(now) {
+        let _ = writeln!(
+            out,
+            "signet_next_rotation_timestamp_seconds {}",
+            next.timestamp()
+        );
+    }
+    out.push_str("# HELP signet_key_age_seconds How long the active key of each algorithm has been signing.\n");
+    out.push_str("# TYPE signet_key_age_seconds gauge\n");
+    for (alg, age, _) in &ages {
+        let _ = writeln!(out, "signet_key_age_seconds{{alg=\"{alg}\"}} {age}");
+    }
+    out.push_str("# HELP signet_rotation_overdue 1 when an active key is older than the schedule's period plus a margin.\n");
+    out.push_str("# TYPE signet_rotation_overdue gauge\n");
+    let overdue = ages.iter().any(|(_, _, late)| *late);
+    let _ = writeln!(out, "signet_rotation_overdue {}", u8::from(overdue));
+    out.push_str("# HELP signet_rotations_total Rotations this process carried out, by trigger.\n");
+    out.push_str("# TYPE signet_rotations_total counter\n");
+    for (i, trigger) in TRIGGERS.iter().enumerate() {
+        let n = keys.counters.rotations[i].load(Ordering::Relaxed);
+        let _ = writeln!(out, "signet_rotations_total{{trigger=\"{trigger}\"}} {n}");
+    }
+    out.push_str("# HELP signet_revoked_keys_total Keys this process revoked.\n");
+    out.push_str("# TYPE signet_revoked_keys_total counter\n");
+    let _ = writeln!(
+        out,
+        "signet_revoked_keys_total {}",
+        keys.counters.revoked_keys.load(Ordering::Relaxed)
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}
