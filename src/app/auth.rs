@@ -128,23 +128,16 @@ pub async fn change_password(current: String, new: String) -> Result<(), ServerF
                 .map_err(internal)?;
             Ok(())
         }
-        Err(e @ (AuthError::Password(_) | AuthError::WrongPassword)) => {
-            Err(refuse(StatusCode::BAD_REQUEST, capital(&e.to_string())))
-        }
+        Err(e @ (AuthError::Password(_) | AuthError::WrongPassword)) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            super::guard::sentence(&e.to_string()),
+        )),
         Err(e @ AuthError::Throttled(_)) => Err(refuse(
             StatusCode::TOO_MANY_REQUESTS,
-            capital(&e.to_string()),
+            super::guard::sentence(&e.to_string()),
         )),
         Err(e) => Err(internal(e)),
     }
-}
-
-#[cfg(feature = "ssr")]
-fn capital(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_uppercase().chain(c).collect::<String>() + ".")
-        .unwrap_or_default()
 }
 
 /// Sends the browser to another page with a full load, so the next page is rendered

@@ -88,6 +88,11 @@ mod server {
             .unwrap_or_default()
     }
 
+    /// An error's text as a sentence for the page: capitalized, with a full stop.
+    pub fn sentence(s: &str) -> String {
+        format!("{}.", capitalize(s))
+    }
+
     /// The request's parts, session and source address.
     pub fn request() -> Result<(AppState, Parts, Session, Option<String>), ServerFnError> {
         let state = expect_context::<AppState>();

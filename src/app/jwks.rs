@@ -88,11 +88,12 @@ fn key_error(e: crate::server::keys::KeyError) -> ServerFnError {
     use crate::server::keys::KeyError;
     use axum::http::StatusCode;
     match e {
-        KeyError::Plan(p @ PlanError::UnknownKid(_)) => {
-            refuse(StatusCode::NOT_FOUND, capital(&p.to_string()))
-        }
+        KeyError::Plan(p @ PlanError::UnknownKid(_)) => refuse(
+            StatusCode::NOT_FOUND,
+            super::guard::sentence(&p.to_string()),
+        ),
         KeyError::Plan(p @ (PlanError::NotRevocable { .. } | PlanError::NotEnabled(_))) => {
-            refuse(StatusCode::CONFLICT, capital(&p.to_string()))
+            refuse(StatusCode::CONFLICT, super::guard::sentence(&p.to_string()))
         }
         KeyError::Busy => refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -100,14 +101,6 @@ fn key_error(e: crate::server::keys::KeyError) -> ServerFnError {
         ),
         other => internal(other),
     }
-}
-
-#[cfg(feature = "ssr")]
-fn capital(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_uppercase().chain(c).collect::<String>() + ".")
-        .unwrap_or_default()
 }
 
 #[cfg(feature = "ssr")]

@@ -19,7 +19,7 @@ const PREVIEW_COUNT: usize = 5;
 fn format_times(times: Vec<chrono::DateTime<chrono::Utc>>) -> Vec<String> {
     times
         .into_iter()
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .map(crate::server::web::utc_time)
         .collect()
 }
 
@@ -30,9 +30,7 @@ fn view_of(state: &crate::server::AppState, s: &crate::server::keys::Schedule) -
         retention: s.retention.to_string(),
         max_token_ttl: state.config.max_token_ttl.to_string(),
         next: format_times(s.cron.upcoming(chrono::Utc::now(), PREVIEW_COUNT)),
-        updated_at: s
-            .updated_at
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+        updated_at: s.updated_at.map(crate::server::web::utc_time),
     }
 }
 

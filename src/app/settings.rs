@@ -16,9 +16,7 @@ pub const SCOPES: [(&str, &str); 4] = [
 ];
 
 #[cfg(feature = "ssr")]
-fn time(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-}
+use crate::server::web::utc_time as time;
 
 #[server(prefix = "/ui", endpoint = "list_admins")]
 pub async fn list_admins() -> Result<Vec<AdminView>, ServerFnError> {

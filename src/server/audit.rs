@@ -87,11 +87,7 @@ pub fn chain_hash(
             None => ctx.update(&u64::MAX.to_be_bytes()),
         }
     }
-    ctx.finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::server::crypto::hex(ctx.finish().as_ref())
 }
 
 impl StoredEvent {

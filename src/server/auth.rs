@@ -145,11 +145,8 @@ pub fn generate_password() -> Result<String, AuthError> {
 }
 
 fn new_id() -> Result<String, AuthError> {
-    let mut b = [0u8; 12];
-    SystemRandom::new()
-        .fill(&mut b)
-        .map_err(|_| AuthError::Hash("no randomness available".into()))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    crate::server::crypto::random_hex(12)
+        .ok_or_else(|| AuthError::Hash("no randomness available".into()))
 }
 
 fn event(level: Level, kind: &'static str, actor: &Actor, details: serde_json::Value) -> NewEvent {

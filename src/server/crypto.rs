@@ -36,6 +36,24 @@ pub enum CryptoError {
     Open,
 }
 
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of a text as lowercase hex: how secrets with enough entropy of their own (API
+/// token secrets, session ids) are stored.
+pub fn sha256_hex(text: &str) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref())
+}
+
+/// `n` random bytes as lowercase hex, for row ids; `None` without randomness.
+pub fn random_hex(n: usize) -> Option<String> {
+    let mut bytes = vec![0u8; n];
+    SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(hex(&bytes))
+}
+
 /// The public half of a key as a JWK. Built only from public components, so it cannot
 /// carry a private parameter whatever the caller does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

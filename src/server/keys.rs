@@ -614,13 +614,7 @@ impl KeyService {
             jwks_by_alg.insert(alg, jwks_of(&of_alg)?);
         }
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &jwks);
-        let etag = format!(
-            "\"{}\"",
-            digest.as_ref()[..16]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
+        let etag = format!("\"{}\"", crate::server::crypto::hex(&digest.as_ref()[..16]));
         let mut signers = HashMap::new();
         for key in stored.iter().filter(|k| k.info.state == KeyState::Active) {
             let (Some(sealed), Some(kek_id)) = (&key.sealed, &key.kek_id) else {

@@ -48,8 +48,7 @@ impl SqlSessionStore {
 }
 
 fn key(id: &Id) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.to_string().as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::server::crypto::sha256_hex(&id.to_string())
 }
 
 fn backend(e: StorageError) -> session_store::Error {

@@ -47,8 +47,7 @@ impl Principal {
 }
 
 fn hash(secret: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::server::crypto::sha256_hex(secret)
 }
 
 fn random_b64(len: usize) -> Result<String, TokenError> {
@@ -84,13 +83,7 @@ pub async fn create(
         return Err(TokenError::UnknownScope(bad.clone()));
     }
     // The id is hex so it can never contain the '_' separator.
-    let id: String = {
-        let mut b = [0u8; 8];
-        SystemRandom::new()
-            .fill(&mut b)
-            .map_err(|_| TokenError::Random)?;
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    };
+    let id = crate::server::crypto::random_hex(8).ok_or(TokenError::Random)?;
     let secret = random_b64(32)?;
     let row = ApiTokenRow {
         id: id.clone(),

@@ -214,11 +214,16 @@ impl EventFilter {
     }
 }
 
+/// A time as the UI shows it.
+pub fn utc_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
 /// An event as the UI shows it.
 pub fn event_view(e: &StoredEvent) -> EventView {
     EventView {
         id: e.id,
-        at: e.at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        at: utc_time(e.at),
         level: e.level.clone(),
         kind: e.kind.clone(),
         actor: e.actor.clone(),
