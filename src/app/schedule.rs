@@ -24,14 +24,25 @@ fn format_times(times: Vec<chrono::DateTime<chrono::Utc>>) -> Vec<String> {
 }
 
 #[cfg(feature = "ssr")]
-fn view_of(state: &crate::server::AppState, s: &crate::server::keys::Schedule) -> ScheduleView {
-    ScheduleView {
+async fn view_of(
+    state: &crate::server::AppState,
+    s: &crate::server::keys::Schedule,
+) -> Result<ScheduleView, ServerFnError> {
+    let last = state
+        .keys
+        .last_scheduled()
+        .await
+        .map_err(super::guard::internal)?;
+    Ok(ScheduleView {
         expression: s.cron.to_string(),
         retention: s.retention.to_string(),
         max_token_ttl: state.config.max_token_ttl.to_string(),
         next: format_times(s.cron.upcoming(chrono::Utc::now(), PREVIEW_COUNT)),
         updated_at: s.updated_at.map(crate::server::web::utc_time),
-    }
+        last_scheduled: last.map(|(slot, instance)| {
+            format!("{} (by {instance})", crate::server::web::utc_time(slot))
+        }),
+    })
 }
 
 #[server(prefix = "/ui", endpoint = "current_schedule")]
@@ -40,7 +51,7 @@ pub async fn current_schedule() -> Result<ScheduleView, ServerFnError> {
     let caller = require(crate::domain::Role::Viewer, Access::Read).await?;
     // Read from the database: another instance may have changed it.
     let schedule = caller.state.keys.load_schedule().await.map_err(internal)?;
-    Ok(view_of(&caller.state, &schedule))
+    view_of(&caller.state, &schedule).await
 }
 
 #[server(prefix = "/ui", endpoint = "preview_schedule")]
@@ -70,7 +81,7 @@ pub async fn save_schedule(
         .set_schedule(&expression, retention, &caller.actor())
         .await
     {
-        Ok(s) => Ok(view_of(&caller.state, &s)),
+        Ok(s) => view_of(&caller.state, &s).await,
         Err(
             e @ (ScheduleError::Cron(_)
             | ScheduleError::Retention(_)
@@ -113,6 +124,12 @@ pub fn SchedulePage() -> impl IntoView {
             "switched off: a key that never rotates is a key whose compromise never ends. You can "
             "make it rarer, or rotate by hand at any time from Config → JWKS."
         </p>
+        <p class="lead">
+            "Every scheduled time rotates exactly once, however many instances run: the first to "
+            "reach it records it with the rotation, and the others leave it. Times missed while "
+            "no instance ran are made up once, at the next start. A change here reaches every "
+            "instance within a second."
+        </p>
         <Transition fallback=|| view! { <p>"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match current.await {
@@ -124,6 +141,7 @@ pub fn SchedulePage() -> impl IntoView {
                                 <dt>"Retention of rotated keys"</dt><dd id="current-retention">{s.retention.clone()}</dd>
                                 <dt>"Maximum token lifetime"</dt><dd>{s.max_token_ttl.clone()}" (retention must be longer)"</dd>
                                 <dt>"Last changed"</dt><dd>{s.updated_at.clone().unwrap_or_else(|| "never".into())}</dd>
+                                <dt>"Last scheduled rotation"</dt><dd id="last-scheduled">{s.last_scheduled.clone().unwrap_or_else(|| "none yet".into())}</dd>
                             </dl>
                             <h3>"Next rotations"</h3>
                             <TimeList times=s.next.clone() id="current-next" />

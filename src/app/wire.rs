@@ -24,6 +24,8 @@ pub struct ScheduleView {
     pub max_token_ttl: String,
     pub next: Vec<String>,
     pub updated_at: Option<String>,
+    /// The latest slot the scheduler rotated for, with the instance that did it.
+    pub last_scheduled: Option<String>,
 }
 
 /// Next fire times of a proposed expression, or why it is not acceptable.

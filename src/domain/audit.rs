@@ -76,6 +76,8 @@ pub mod kind {
     pub const KEYS_EXPIRED: &str = "keys.expired";
     pub const KEYS_EXPIRED_EARLY: &str = "keys.expired_early";
     pub const KEYS_REENCRYPTED: &str = "keys.reencrypted";
+    /// Records of revoked or expired keys deleted beyond the cap (metadata only).
+    pub const KEYS_PRUNED: &str = "keys.pruned";
     pub const SCHEDULE_CHANGED: &str = "schedule.changed";
     pub const TOKEN_CREATED: &str = "token.created";
     pub const TOKEN_REVOKED: &str = "token.revoked";
@@ -87,15 +89,18 @@ pub mod kind {
     pub const ADMIN_ENABLED: &str = "admin.enabled";
     pub const ADMIN_PASSWORD_RESET: &str = "admin.password_reset";
     pub const ADMIN_PASSWORD_CHANGED: &str = "admin.password_changed";
+    /// Events older than the event retention deleted; names where the chain now starts.
+    pub const AUDIT_PRUNED: &str = "audit.pruned";
 
     /// Every kind, for the events page's filter.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 19] = [
         KEYS_CREATED,
         KEYS_ROTATED,
         KEYS_REVOKED,
         KEYS_EXPIRED,
         KEYS_EXPIRED_EARLY,
         KEYS_REENCRYPTED,
+        KEYS_PRUNED,
         SCHEDULE_CHANGED,
         TOKEN_CREATED,
         TOKEN_REVOKED,
@@ -107,5 +112,6 @@ pub mod kind {
         ADMIN_ENABLED,
         ADMIN_PASSWORD_RESET,
         ADMIN_PASSWORD_CHANGED,
+        AUDIT_PRUNED,
     ];
 }

@@ -2,9 +2,10 @@
 //!
 //! Parsing and fire times come from the `cron` crate. This type adds what Signet's
 //! contract needs on top: exactly seven fields (so nobody mistakes a 5-field Unix
-//! crontab for ours) and a schedule that fires at least once more.
+//! crontab for ours), a schedule that fires at least once more, and the slot arithmetic
+//! of the scheduler: which fire time is due, and how many were missed.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 use std::{fmt, str::FromStr};
 
 /// `sec min hour day_of_month month day_of_week year`.
@@ -25,9 +26,32 @@ pub enum CronError {
     NeverFires,
 }
 
+/// The most missed slots a catch-up counts; beyond it, the count is reported as this.
+pub const MAX_COUNTED_SLOTS: u64 = 10_000;
+
+/// A scheduled slot that is due: the latest fire time not after now, and how many fire
+/// times (this one included) passed since the last one handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueSlot {
+    pub slot: DateTime<Utc>,
+    /// 1 when the scheduler was on time; more after an outage (capped at
+    /// [`MAX_COUNTED_SLOTS`]). However many, they give one rotation.
+    pub missed: u64,
+}
+
 impl CronSchedule {
     /// Parses a 7-field expression and checks that it fires at least once after `now`.
     pub fn parse_at(s: &str, now: DateTime<Utc>) -> Result<Self, CronError> {
+        let schedule = Self::parse_stored(s)?;
+        if schedule.next_after(now).is_none() {
+            return Err(CronError::NeverFires);
+        }
+        Ok(schedule)
+    }
+
+    /// Parses an expression that was valid when it was stored. It may have run out since
+    /// (`... 2026` in 2027); the scheduler then has nothing to do, and says so.
+    pub fn parse_stored(s: &str) -> Result<Self, CronError> {
         let s = s.trim();
         let fields = s.split_whitespace().count();
         if fields != 7 {
@@ -36,11 +60,39 @@ impl CronSchedule {
         let normalized = s.split_whitespace().collect::<Vec<_>>().join(" ");
         let inner =
             cron::Schedule::from_str(&normalized).map_err(|e| CronError::Invalid(e.to_string()))?;
-        let schedule = Self { inner };
-        if schedule.next_after(now).is_none() {
-            return Err(CronError::NeverFires);
+        Ok(Self { inner })
+    }
+
+    /// The latest fire time at or before `t` (cron works in whole seconds).
+    pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let second = t.trunc_subsecs(0);
+        if self.inner.includes(second) {
+            return Some(second);
         }
-        Ok(schedule)
+        self.inner.after(&second).next_back()
+    }
+
+    /// The slot due at `now`, given that every slot up to and including `handled` has
+    /// been dealt with (the last claimed slot, or when this expression took effect).
+    /// Several passed slots give one due slot: the latest.
+    pub fn due(&self, handled: DateTime<Utc>, now: DateTime<Utc>) -> Option<DueSlot> {
+        let slot = self.latest_at_or_before(now)?;
+        if slot <= handled {
+            return None;
+        }
+        // Count backwards from the due slot; an outage of a per-second schedule must not
+        // make this walk millions of fire times.
+        let earlier = self
+            .inner
+            .after(&slot)
+            .rev()
+            .take_while(|t| *t > handled)
+            .take(MAX_COUNTED_SLOTS as usize - 1)
+            .count() as u64;
+        Some(DueSlot {
+            slot,
+            missed: earlier + 1,
+        })
     }
 
     /// Parses against the current time.
@@ -137,6 +189,85 @@ mod tests {
         assert_eq!(
             CronSchedule::parse_at("0 0 0 30 2 * *", now),
             Err(CronError::NeverFires)
+        );
+    }
+
+    #[test]
+    fn latest_fire_time_includes_the_present_second() {
+        let s = CronSchedule::parse_stored("*/10 * * * * * *").unwrap();
+        let t = at(2026, 11, 22, 10, 0, 20);
+        assert_eq!(s.latest_at_or_before(t), Some(t));
+        let later = t + chrono::Duration::milliseconds(999);
+        assert_eq!(s.latest_at_or_before(later), Some(t));
+        assert_eq!(
+            s.latest_at_or_before(t + chrono::Duration::seconds(9)),
+            Some(t)
+        );
+        assert_eq!(
+            s.latest_at_or_before(t - chrono::Duration::seconds(1)),
+            Some(at(2026, 11, 22, 10, 0, 10))
+        );
+        let default = CronSchedule::default();
+        assert_eq!(
+            default.latest_at_or_before(at(2026, 11, 22, 0, 0, 0)),
+            Some(at(2026, 11, 1, 3, 30, 0))
+        );
+    }
+
+    #[test]
+    fn nothing_is_due_before_the_first_slot_after_handled() {
+        let s = CronSchedule::parse_stored("*/10 * * * * * *").unwrap();
+        let handled = at(2026, 11, 22, 10, 0, 20);
+        assert_eq!(s.due(handled, handled), None);
+        assert_eq!(s.due(handled, at(2026, 11, 22, 10, 0, 29)), None);
+        // A schedule set between two slots: the earlier one is not owed.
+        assert_eq!(
+            s.due(at(2026, 11, 22, 10, 0, 25), at(2026, 11, 22, 10, 0, 29)),
+            None
+        );
+    }
+
+    #[test]
+    fn the_due_slot_is_the_latest_with_the_missed_count() {
+        let s = CronSchedule::parse_stored("*/10 * * * * * *").unwrap();
+        let handled = at(2026, 11, 22, 10, 0, 20);
+        assert_eq!(
+            s.due(handled, at(2026, 11, 22, 10, 0, 30)),
+            Some(DueSlot {
+                slot: at(2026, 11, 22, 10, 0, 30),
+                missed: 1
+            })
+        );
+        // Down from 10:00:21 to 10:01:05: slots :30, :40, :50, 1:00 passed; one is due.
+        assert_eq!(
+            s.due(handled, at(2026, 11, 22, 10, 1, 5)),
+            Some(DueSlot {
+                slot: at(2026, 11, 22, 10, 1, 0),
+                missed: 4
+            })
+        );
+    }
+
+    #[test]
+    fn a_long_outage_counts_up_to_the_cap() {
+        let s = CronSchedule::parse_stored("* * * * * * *").unwrap();
+        let due = s
+            .due(at(2026, 1, 1, 0, 0, 0), at(2026, 11, 22, 0, 0, 0))
+            .unwrap();
+        assert_eq!(due.slot, at(2026, 11, 22, 0, 0, 0));
+        assert_eq!(due.missed, MAX_COUNTED_SLOTS);
+    }
+
+    #[test]
+    fn a_schedule_that_ran_out_loads_but_is_never_due_again() {
+        let s = CronSchedule::parse_stored("0 0 0 1 1 * 2020").unwrap();
+        let now = at(2026, 11, 22, 0, 0, 0);
+        assert_eq!(s.next_after(now), None);
+        assert_eq!(s.due(at(2020, 1, 1, 0, 0, 0), now), None);
+        // Unless the last handled slot is older than its one fire time.
+        assert_eq!(
+            s.due(at(2019, 6, 1, 0, 0, 0), now).map(|d| d.slot),
+            Some(at(2020, 1, 1, 0, 0, 0))
         );
     }
 

@@ -411,16 +411,22 @@ async fn revoke(
     ))
 }
 
-fn schedule_json(state: &AppState) -> Value {
+async fn schedule_json(state: &AppState) -> Result<Value, ApiError> {
     let s = state.keys.schedule();
     let next: Vec<DateTime<Utc>> = s.cron.upcoming(Utc::now(), 5);
-    json!({
+    let last = state.keys.last_scheduled().await?;
+    Ok(json!({
         "cron": s.cron.as_str(),
         "retention": s.retention.to_string(),
         "max_token_ttl": state.config.max_token_ttl.to_string(),
         "next_rotations": next,
         "updated_at": s.updated_at,
-    })
+        "cron_since": s.cron_since,
+        "last_scheduled_rotation": last.map(|(slot, instance)| json!({
+            "slot": slot,
+            "instance": instance,
+        })),
+    }))
 }
 
 async fn get_schedule(
@@ -433,7 +439,7 @@ async fn get_schedule(
         .load_schedule()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Json(schedule_json(&state)))
+    Ok(Json(schedule_json(&state).await?))
 }
 
 #[derive(Deserialize)]
@@ -454,7 +460,7 @@ async fn put_schedule(
         .set_schedule(&body.cron, body.retention.as_deref(), &caller.actor())
         .await
     {
-        Ok(_) => Ok(Json(schedule_json(&state))),
+        Ok(_) => Ok(Json(schedule_json(&state).await?)),
         Err(ScheduleError::Cron(e)) => Err(ApiError::BadRequest("invalid_cron", e.to_string())),
         Err(e @ (ScheduleError::Retention(_) | ScheduleError::TooShort { .. })) => {
             Err(ApiError::BadRequest("invalid_retention", e.to_string()))

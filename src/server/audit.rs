@@ -141,12 +141,34 @@ impl std::fmt::Display for ChainBreak {
 }
 
 /// Checks a whole chain, given in id order, against its head.
+///
+/// The chain may begin after event 1 when housekeeping deleted events older than the
+/// retention. Each such deletion appends an `audit.pruned` event naming the first event
+/// it kept and the hash that event follows; the latest of them must describe exactly
+/// where the rows now begin. Its own hash is checked like any other, so deleting older
+/// rows by hand, or forging the record, still breaks the chain.
 pub fn verify_chain(
     events: &[StoredEvent],
     head_id: i64,
     head_hash: &str,
 ) -> Result<usize, ChainBreak> {
     let mut prev = String::new();
+    if let Some(first) = events.first() {
+        let start = events
+            .iter()
+            .rev()
+            .find(|e| e.kind == crate::domain::audit::kind::AUDIT_PRUNED)
+            .and_then(|e| {
+                let id = e.details.get("first_kept_id")?.as_i64()?;
+                let anchor = e.details.get("anchor")?.as_str()?;
+                Some((id, anchor.to_string()))
+            });
+        if let Some((id, anchor)) = start
+            && id == first.id
+        {
+            prev = anchor;
+        }
+    }
     let mut last_id = 0;
     for e in events {
         if e.prev_hash != prev {

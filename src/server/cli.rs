@@ -83,6 +83,27 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Show the automatic-rotation schedule, or change it.
+    Schedule {
+        #[command(subcommand)]
+        command: Option<ScheduleCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ScheduleCommand {
+    /// Print the schedule, the last scheduled rotation and the next five (the default).
+    Show,
+    /// Change the schedule. Every running instance follows within a second.
+    Set {
+        /// The 7-field cron expression (sec min hour day_of_month month day_of_week
+        /// year, UTC), quoted as one argument or given as seven.
+        #[arg(required = true, num_args = 1..=7, value_name = "CRON")]
+        cron: Vec<String>,
+        /// Also change how long rotated keys stay published (e.g. 30d).
+        #[arg(long)]
+        retention: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +200,12 @@ pub async fn run() -> ExitCode {
         Command::Admin {
             command: AdminCommand::ResetPassword { email },
         } => admin_reset(config, email).await,
+        Command::Schedule { command } => match command.unwrap_or(ScheduleCommand::Show) {
+            ScheduleCommand::Show => schedule_show(config).await,
+            ScheduleCommand::Set { cron, retention } => {
+                schedule_set(config, cron.join(" "), retention).await
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -302,6 +329,49 @@ async fn keys(config: Config, json: bool) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+async fn schedule_show(config: Config) -> anyhow::Result<()> {
+    let (keys, storage) = open_keys(config).await?;
+    let schedule = keys.load_schedule().await?;
+    let last = storage
+        .last_slot(crate::server::keys::SLOT_ROTATION)
+        .await?;
+    storage.close().await;
+    let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    println!("cron:      {}", schedule.cron);
+    println!("retention: {}", schedule.retention);
+    match last {
+        Some((slot, by)) => println!("last scheduled rotation: {} (by {by})", time(slot)),
+        None => println!("last scheduled rotation: none yet"),
+    }
+    let upcoming = schedule.cron.upcoming(chrono::Utc::now(), 5);
+    if upcoming.is_empty() {
+        println!("next: never (the expression has no fire time left; set a new one)");
+    }
+    for t in upcoming {
+        println!("next:      {}", time(t));
+    }
+    Ok(())
+}
+
+async fn schedule_set(
+    config: Config,
+    cron: String,
+    retention: Option<String>,
+) -> anyhow::Result<()> {
+    let (keys, storage) = open_keys(config).await?;
+    let old = keys.load_schedule().await?;
+    let result = keys
+        .set_schedule(&cron, retention.as_deref(), &Actor::cli())
+        .await;
+    storage.close().await;
+    let new = result?;
+    eprintln!(
+        "signet: schedule changed from '{}' (retention {}) to '{}' (retention {})",
+        old.cron, old.retention, new.cron, new.retention
+    );
     Ok(())
 }
 

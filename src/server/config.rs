@@ -36,6 +36,8 @@ pub const SETTINGS: &[&str] = &[
     "session_idle",
     "session_lifetime",
     "first_admin_email",
+    "event_retention",
+    "retired_keys_cap",
 ];
 
 /// Settings whose values are secret and never printed.
@@ -233,6 +235,12 @@ pub struct Config {
     pub session_lifetime: Retention,
     /// The email of the admin created on the first start.
     pub first_admin_email: Email,
+    /// Audit events older than this are deleted by housekeeping (the chain stays
+    /// verifiable: the deletion is itself an event naming where the chain now starts).
+    pub event_retention: Retention,
+    /// How many records of `revoked` and of `expired` keys are kept per algorithm
+    /// (metadata only; the private halves are long gone). Older ones are pruned.
+    pub retired_keys_cap: usize,
     /// The text (secrets already redacted) and source of every setting, for `config check`.
     raw: BTreeMap<&'static str, (String, Source)>,
     /// Things worth telling the operator that do not stop Signet.
@@ -360,6 +368,24 @@ impl Config {
         let first_admin_email = p.field("first_admin_email", "admin@localhost", |s| {
             Email::parse(s).map_err(|e| e.to_string())
         });
+        let event_retention = p.field("event_retention", "90d", |s| {
+            let r = Retention::parse(s)
+                .map_err(|e| e.to_string().replace("retention", "the event retention"))?;
+            if r.as_secs() < 86_400 {
+                return Err(format!(
+                    "the event retention ({r}) must be at least 1d: the audit log is the record of what happened"
+                ));
+            }
+            Ok(r)
+        });
+        let retired_keys_cap = p.field("retired_keys_cap", "100", |s| {
+            match s.trim().parse::<usize>() {
+                Ok(n) if (1..=100_000).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "'{s}' is not a number of keys between 1 and 100000"
+                )),
+            }
+        });
         // Invariant 4: a token must never outlive the publication of its key.
         if let (Some(ttl), Some(retention)) = (max_token_ttl, retention)
             && ttl >= retention
@@ -435,6 +461,8 @@ impl Config {
             session_idle,
             session_lifetime,
             first_admin_email,
+            event_retention,
+            retired_keys_cap,
         ) {
             (
                 Some(listen),
@@ -455,6 +483,8 @@ impl Config {
                 Some(session_idle),
                 Some(session_lifetime),
                 Some(first_admin_email),
+                Some(event_retention),
+                Some(retired_keys_cap),
             ) => Ok(Config {
                 listen,
                 public_url,
@@ -474,6 +504,8 @@ impl Config {
                 session_idle,
                 session_lifetime,
                 first_admin_email,
+                event_retention,
+                retired_keys_cap,
                 raw,
                 warnings,
             }),

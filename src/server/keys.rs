@@ -11,6 +11,7 @@
 
 use crate::domain::audit::{Level, Trigger, kind};
 use crate::domain::lifecycle::{self, PlanError, Policy};
+use crate::domain::schedule::DueSlot;
 use crate::domain::{Algorithm, CronSchedule, KeyInfo, KeyState, Kid, Plan, Retention};
 use crate::server::audit::{self, NewEvent};
 use crate::server::config::Config;
@@ -18,12 +19,15 @@ use crate::server::crypto::{self, CryptoError, PublicJwk, Signer};
 use crate::server::jwt;
 use crate::server::kek::Keyring;
 use crate::server::storage::{
-    KeyChange, NewKey, Resealed, ScheduleRow, Storage, StorageError, StoredKey,
+    KeyChange, NewKey, Resealed, ScheduleRow, SlotClaim, Storage, StorageError, StoredKey,
 };
 use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+
+/// The scheduler job whose slots are the cron schedule's fire times.
+pub const SLOT_ROTATION: &str = "rotation";
 
 /// How many times an operation re-plans after losing a race before giving up.
 const MAX_ATTEMPTS: usize = 5;
@@ -40,6 +44,8 @@ pub enum KeyError {
     MissingKek(Kid, String),
     #[error("the keys kept changing concurrently; try again")]
     Busy,
+    #[error("the scheduled slot was already handled by another instance")]
+    SlotTaken,
 }
 
 /// Who asked for a change, for the audit log.
@@ -155,6 +161,8 @@ pub struct Schedule {
     pub cron: CronSchedule,
     pub retention: Retention,
     pub updated_at: Option<DateTime<Utc>>,
+    /// When `cron` took effect; slots before it are not owed.
+    pub cron_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +190,7 @@ impl KeyService {
                 cron: config.rotation_cron.clone(),
                 retention: config.retention,
                 updated_at: None,
+                cron_since: None,
             }),
             recorded_exp: std::sync::Mutex::new(HashMap::new()),
             next_rotation: RwLock::new(None),
@@ -289,27 +298,38 @@ impl KeyService {
         let stored = match self.storage.get_schedule().await? {
             Some(row) => row,
             None => {
+                let now = audit::now();
                 let row = ScheduleRow {
                     cron: self.config.rotation_cron.to_string(),
                     retention_secs: self.config.retention.as_secs() as i64,
-                    updated_at: audit::now(),
+                    updated_at: now,
+                    cron_since: now,
                 };
                 self.storage.put_schedule(&row, None).await?;
                 self.storage.get_schedule().await?.unwrap_or(row)
             }
         };
+        // Valid when stored; it may have run out since, which the scheduler reports.
         let schedule = Schedule {
-            cron: CronSchedule::parse(&stored.cron)?,
+            cron: CronSchedule::parse_stored(&stored.cron)?,
             retention: Retention::from_secs(u64::try_from(stored.retention_secs).unwrap_or(0)),
             updated_at: Some(stored.updated_at),
+            cron_since: Some(stored.cron_since),
         };
         if let Ok(mut slot) = self.schedule.write() {
+            if *slot != schedule
+                && let Ok(mut next) = self.next_rotation.write()
+            {
+                *next = None;
+            }
             *slot = schedule.clone();
         }
-        if let Ok(mut next) = self.next_rotation.write() {
-            *next = None;
-        }
         Ok(schedule)
+    }
+
+    /// The latest slot the scheduler rotated for, and the instance that did it.
+    pub async fn last_scheduled(&self) -> Result<Option<(DateTime<Utc>, String)>, StorageError> {
+        self.storage.last_slot(SLOT_ROTATION).await
     }
 
     /// Validates and stores a new schedule, with a `schedule.changed` event.
@@ -347,6 +367,12 @@ impl KeyService {
             cron: cron.to_string(),
             retention_secs: retention.as_secs() as i64,
             updated_at: now,
+            // A new expression owes nothing for slots before it; a retention change
+            // leaves the expression's start alone.
+            cron_since: match old.cron_since {
+                Some(since) if old.cron.as_str() == cron.as_str() => since,
+                _ => now,
+            },
         };
         self.storage.put_schedule(&row, Some(&ev)).await?;
         self.load_schedule().await
@@ -454,6 +480,97 @@ impl KeyService {
         self.counters.rotated(actor.trigger);
         self.counters.revoked(revoked_count(&plan));
         Ok(plan)
+    }
+
+    /// The scheduled rotation of every enabled algorithm for `due`, claiming its slot in
+    /// the same transaction. `Ok(None)` when the slot was already handled: by another
+    /// instance, or by this one before a restart.
+    pub async fn rotate_scheduled(
+        &self,
+        due: DueSlot,
+        instance: &str,
+    ) -> Result<Option<Plan>, KeyError> {
+        // A cheap look first, so instances that lost the race do not generate keys.
+        if let Some((last, _)) = self.storage.last_slot(SLOT_ROTATION).await?
+            && last >= due.slot
+        {
+            return Ok(None);
+        }
+        let actor = Actor::scheduler();
+        let algs = self.enabled().to_vec();
+        let policy = self.policy();
+        let claim = SlotClaim {
+            job: SLOT_ROTATION,
+            slot: due.slot,
+            by: instance.to_string(),
+        };
+        let slot = due.slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let result = self
+            .execute_claiming(
+                None,
+                Some(claim),
+                |keys, now| {
+                    let mut plan = Plan::default();
+                    for &a in &algs {
+                        let p = lifecycle::plan_rotate(keys, a, now, policy)?;
+                        plan.transitions.extend(p.transitions);
+                        plan.generate.extend(p.generate);
+                    }
+                    Ok(plan)
+                },
+                |plan, kids| {
+                    let mut events = vec![event(
+                        self.config.rotation_event_level,
+                        kind::KEYS_ROTATED,
+                        &actor,
+                        kids,
+                        None,
+                        serde_json::json!({
+                            "algorithms": alg_names(&algs),
+                            "slot": slot,
+                            "missed_slots": due.missed,
+                            "instance": instance,
+                        }),
+                    )];
+                    events.extend(early_expiry_events(plan, &actor));
+                    events
+                },
+            )
+            .await;
+        match result {
+            Ok(Some(plan)) => {
+                self.reload_after_change().await;
+                self.counters.rotated(Trigger::Scheduler);
+                Ok(Some(plan))
+            }
+            Ok(None) => Ok(None),
+            Err(KeyError::SlotTaken) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Housekeeping: deletes the records of revoked and expired keys beyond the cap.
+    /// Idempotent; any instance may run it at any time.
+    pub async fn prune_retired(&self) -> Result<usize, KeyError> {
+        let ev = event(
+            Level::Info,
+            kind::KEYS_PRUNED,
+            &Actor::scheduler(),
+            Vec::new(),
+            Some(format!(
+                "more than {} revoked or expired key records per algorithm",
+                self.config.retired_keys_cap
+            )),
+            serde_json::json!({ "keep": self.config.retired_keys_cap }),
+        );
+        let pruned = self
+            .storage
+            .prune_retired_keys(self.config.retired_keys_cap, &ev)
+            .await?;
+        if !pruned.is_empty() {
+            self.reload_after_change().await;
+        }
+        Ok(pruned.len())
     }
 
     /// Revokes one key. Revoking the active key promotes the next one in the same
@@ -665,15 +782,29 @@ impl KeyService {
         P: Fn(&[KeyInfo], DateTime<Utc>) -> Result<Plan, KeyError>,
         E: Fn(&Plan, Vec<String>) -> Vec<NewEvent>,
     {
-        self.execute_at(None, plan, events).await
+        self.execute_claiming(None, None, plan, events).await
     }
 
-    /// Plans against the stored keys, generates and seals fresh keys, and applies the
-    /// change in one transaction; on a lost race, starts over. `None` when the plan was
-    /// empty (nothing to do).
     async fn execute_at<P, E>(
         &self,
         at: Option<DateTime<Utc>>,
+        plan: P,
+        events: E,
+    ) -> Result<Option<Plan>, KeyError>
+    where
+        P: Fn(&[KeyInfo], DateTime<Utc>) -> Result<Plan, KeyError>,
+        E: Fn(&Plan, Vec<String>) -> Vec<NewEvent>,
+    {
+        self.execute_claiming(at, None, plan, events).await
+    }
+
+    /// Plans against the stored keys, generates and seals fresh keys, and applies the
+    /// change in one transaction (with the slot `claim`, if any); on a lost race, starts
+    /// over. `None` when the plan was empty (nothing to do).
+    async fn execute_claiming<P, E>(
+        &self,
+        at: Option<DateTime<Utc>>,
+        claim: Option<SlotClaim>,
         plan: P,
         events: E,
     ) -> Result<Option<Plan>, KeyError>
@@ -708,6 +839,7 @@ impl KeyService {
                 reason: events.first().and_then(|e| e.reason.clone()),
                 events,
                 new_keys,
+                claim: claim.clone(),
             };
             match self.storage.apply_key_change(&change).await {
                 Ok(()) => {
@@ -722,6 +854,7 @@ impl KeyService {
                     tracing::debug!("key change lost a race; planning again");
                     continue;
                 }
+                Err(StorageError::SlotTaken) => return Err(KeyError::SlotTaken),
                 Err(e) => return Err(e.into()),
             }
         }

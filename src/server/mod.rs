@@ -13,6 +13,7 @@ pub mod kek;
 pub mod keys;
 pub mod metrics;
 pub mod pem;
+pub mod scheduler;
 pub mod session;
 pub mod startup;
 pub mod state;

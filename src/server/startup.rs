@@ -11,7 +11,7 @@ use crate::server::keys::{Actor, KeyError, KeyService};
 use crate::server::state::AppState;
 use crate::server::storage::{self, PendingMigration, Storage, StorageError};
 use crate::server::wellknown;
-use crate::server::{session, web};
+use crate::server::{scheduler, session, web};
 use axum::Router;
 use chrono::Utc;
 use leptos::prelude::LeptosOptions;
@@ -140,15 +140,29 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let storage = self.state.storage.clone();
+        let instance = scheduler::instance_id();
+        let rotation = scheduler::Rotation {
+            keys: self.state.keys.clone(),
+            storage: storage.clone(),
+            instance: instance.clone(),
+        };
+        let housekeeping = scheduler::Housekeeping {
+            keys: self.state.keys.clone(),
+            storage: storage.clone(),
+            config: self.state.config.clone(),
+            instance,
+        };
         let background = [
             tokio::spawn(watch_keys(
                 self.state.keys.clone(),
                 self.state.storage.clone(),
             )),
-            tokio::spawn(housekeeping(
-                self.state.keys.clone(),
-                self.state.storage.clone(),
-            )),
+            // The first look happens at once: a slot missed while no instance ran is
+            // caught up now.
+            tokio::spawn(async move { scheduler::run(&rotation, &scheduler::SystemClock).await }),
+            tokio::spawn(
+                async move { scheduler::run(&housekeeping, &scheduler::SystemClock).await },
+            ),
         ];
         let served = axum::serve(
             self.listener,
@@ -293,8 +307,6 @@ fn router(state: AppState) -> Router {
 
 /// How often each instance checks whether another process changed the keys.
 const KEY_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
-/// How often housekeeping (expiry of rotated keys) runs.
-const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Keeps this instance's key snapshot current when another instance or the CLI changes
 /// the keys: at once on a PostgreSQL NOTIFY, and by a cheap version read twice a second
@@ -334,24 +346,6 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// Every minute: expires rotated keys whose publication has ended, and deletes expired
-/// sessions and stale sign-in counters.
-pub async fn housekeeping(keys: Arc<KeyService>, storage: Arc<dyn Storage>) {
-    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = keys.expire(Utc::now()).await {
-            tracing::warn!(error = %e, "housekeeping failed");
-        }
-        match storage.prune_sessions(Utc::now()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(sessions = n, "expired sessions deleted"),
-            Err(e) => tracing::warn!(error = %e, "cannot prune sessions"),
-        }
     }
 }
 

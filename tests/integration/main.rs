@@ -11,4 +11,5 @@ mod helpers;
 mod interop;
 mod keys;
 mod migrations;
+mod scheduler;
 mod ui;

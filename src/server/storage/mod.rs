@@ -41,6 +41,9 @@ pub enum StorageError {
     Conflict,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Another instance already claimed this scheduled slot (or a later one).
+    #[error("the scheduled slot was already handled")]
+    SlotTaken,
 }
 
 /// A migration known to this binary but not yet applied to the database.
@@ -90,8 +93,19 @@ pub struct NewKey {
     pub kek_id: String,
 }
 
+/// A scheduled job's claim on one slot (fire time). Claims only move forward: a slot at
+/// or before the job's last claimed one is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotClaim {
+    pub job: &'static str,
+    pub slot: DateTime<Utc>,
+    /// The instance claiming it, for the record.
+    pub by: String,
+}
+
 /// Everything one lifecycle operation writes, in one transaction: state transitions (each
 /// applied only if the key is still in its `from` state), new keys, and audit events.
+/// With a `claim`, the change happens only if the slot is still free (`SlotTaken`).
 #[derive(Clone)]
 pub struct KeyChange {
     pub now: DateTime<Utc>,
@@ -99,6 +113,7 @@ pub struct KeyChange {
     pub new_keys: Vec<NewKey>,
     pub reason: Option<String>,
     pub events: Vec<NewEvent>,
+    pub claim: Option<SlotClaim>,
 }
 
 impl KeyChange {
@@ -136,6 +151,16 @@ pub struct ScheduleRow {
     pub cron: String,
     pub retention_secs: i64,
     pub updated_at: DateTime<Utc>,
+    /// When `cron` took effect (changing only the retention leaves it alone).
+    pub cron_since: DateTime<Utc>,
+}
+
+/// What one pass of audit-log pruning did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PrunedEvents {
+    pub deleted: u64,
+    /// Whether older events remain (the pass stopped at its batch size).
+    pub more: bool,
 }
 
 /// Filters for reading the audit log, newest first, with keyset pagination.
@@ -265,6 +290,33 @@ pub trait Storage: Send + Sync + 'static {
     async fn find_api_token(&self, id: &str) -> Result<Option<ApiTokenRow>, StorageError>;
 
     async fn get_schedule(&self) -> Result<Option<ScheduleRow>, StorageError>;
+
+    /// The latest slot a scheduled job has claimed, and by which instance.
+    async fn last_slot(&self, job: &str) -> Result<Option<(DateTime<Utc>, String)>, StorageError>;
+
+    /// Claims a slot on its own (work that is idempotent and needs no shared
+    /// transaction). `false` when this slot or a later one was already claimed.
+    async fn claim_slot(&self, claim: &SlotClaim, at: DateTime<Utc>) -> Result<bool, StorageError>;
+
+    /// Deletes the records of `revoked` and of `expired` keys beyond the newest `keep` of
+    /// each state per algorithm, with `event` (its kids filled in) in the same
+    /// transaction. Returns the kids deleted; none, and no event, when nothing was over.
+    async fn prune_retired_keys(
+        &self,
+        keep: usize,
+        event: &NewEvent,
+    ) -> Result<Vec<String>, StorageError>;
+
+    /// Deletes up to `batch` of the oldest audit events, those before the first event at
+    /// or after `before`. The same transaction appends `event` with details naming where
+    /// the chain now starts (`first_kept_id`, and `anchor`, the hash that event follows),
+    /// so `audit verify` still proves nothing else was removed.
+    async fn prune_events(
+        &self,
+        before: DateTime<Utc>,
+        batch: i64,
+        event: &NewEvent,
+    ) -> Result<PrunedEvents, StorageError>;
 
     /// Writes the schedule; with an event, in the same transaction. Without one (the
     /// first start seeding it), only if no schedule is stored yet.

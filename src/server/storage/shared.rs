@@ -214,6 +214,32 @@ macro_rules! storage_impl {
                 Ok(())
             }
 
+            /// Moves a job's claimed slot forward to `claim.slot`, inside `tx`. `false`
+            /// (and nothing written) when that slot or a later one is already claimed.
+            /// On PostgreSQL the upsert locks the job's row, so a competing claim waits
+            /// for this transaction and then sees its slot.
+            async fn claim_slot_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                claim: &super::SlotClaim,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, StorageError> {
+                let claimed = sqlx::query(
+                    "INSERT INTO scheduler_slots (job, last_slot, claimed_by, claimed_at) \
+                     VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (job) DO UPDATE SET last_slot = excluded.last_slot, \
+                       claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at \
+                     WHERE scheduler_slots.last_slot < excluded.last_slot",
+                )
+                .bind(claim.job)
+                .bind(claim.slot)
+                .bind(&claim.by)
+                .bind(at)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                Ok(claimed == 1)
+            }
+
         }
 
         #[async_trait::async_trait]
@@ -278,6 +304,12 @@ macro_rules! storage_impl {
             ) -> Result<(), StorageError> {
                 use crate::domain::KeyState;
                 let mut tx = self.pool.begin_with($begin).await?;
+                // The slot first: a losing instance stops before touching any key.
+                if let Some(claim) = &change.claim
+                    && !Self::claim_slot_tx(&mut tx, claim, change.now).await?
+                {
+                    return Err(StorageError::SlotTaken);
+                }
                 for t in change.ordered_transitions() {
                     let destroys = matches!(t.to, KeyState::Revoked | KeyState::Expired);
                     let result = sqlx::query(
@@ -806,15 +838,24 @@ macro_rules! storage_impl {
             }
 
             async fn get_schedule(&self) -> Result<Option<super::ScheduleRow>, StorageError> {
-                let row: Option<(String, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-                    "SELECT cron, retention_secs, updated_at FROM schedule WHERE id = 1",
+                type Row = (
+                    String,
+                    i64,
+                    chrono::DateTime<chrono::Utc>,
+                    Option<chrono::DateTime<chrono::Utc>>,
+                );
+                let row: Option<Row> = sqlx::query_as(
+                    "SELECT cron, retention_secs, updated_at, cron_since FROM schedule WHERE id = 1",
                 )
                 .fetch_optional(&self.pool)
                 .await?;
-                Ok(row.map(|(cron, retention_secs, updated_at)| super::ScheduleRow {
-                    cron,
-                    retention_secs,
-                    updated_at,
+                Ok(row.map(|(cron, retention_secs, updated_at, cron_since)| {
+                    super::ScheduleRow {
+                        cron,
+                        retention_secs,
+                        updated_at,
+                        cron_since: cron_since.unwrap_or(updated_at),
+                    }
                 }))
             }
 
@@ -825,16 +866,19 @@ macro_rules! storage_impl {
             ) -> Result<(), StorageError> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 let sql = if event.is_some() {
-                    "INSERT INTO schedule (id, cron, retention_secs, updated_at) VALUES (1, $1, $2, $3) \
-                     ON CONFLICT (id) DO UPDATE SET cron = $1, retention_secs = $2, updated_at = $3"
+                    "INSERT INTO schedule (id, cron, retention_secs, updated_at, cron_since) \
+                     VALUES (1, $1, $2, $3, $4) \
+                     ON CONFLICT (id) DO UPDATE SET cron = $1, retention_secs = $2, \
+                       updated_at = $3, cron_since = $4"
                 } else {
-                    "INSERT INTO schedule (id, cron, retention_secs, updated_at) VALUES (1, $1, $2, $3) \
-                     ON CONFLICT (id) DO NOTHING"
+                    "INSERT INTO schedule (id, cron, retention_secs, updated_at, cron_since) \
+                     VALUES (1, $1, $2, $3, $4) ON CONFLICT (id) DO NOTHING"
                 };
                 sqlx::query(sql)
                     .bind(&s.cron)
                     .bind(s.retention_secs)
                     .bind(s.updated_at)
+                    .bind(s.cron_since)
                     .execute(&mut *tx)
                     .await?;
                 if let Some(event) = event {
@@ -842,6 +886,129 @@ macro_rules! storage_impl {
                 }
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn last_slot(
+                &self,
+                job: &str,
+            ) -> Result<Option<(chrono::DateTime<chrono::Utc>, String)>, StorageError> {
+                Ok(sqlx::query_as(
+                    "SELECT last_slot, claimed_by FROM scheduler_slots WHERE job = $1",
+                )
+                .bind(job)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn claim_slot(
+                &self,
+                claim: &super::SlotClaim,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let claimed = Self::claim_slot_tx(&mut tx, claim, at).await?;
+                tx.commit().await?;
+                Ok(claimed)
+            }
+
+            async fn prune_retired_keys(
+                &self,
+                keep: usize,
+                event: &crate::server::audit::NewEvent,
+            ) -> Result<Vec<String>, StorageError> {
+                let now = crate::server::audit::now();
+                let mut tx = self.pool.begin_with($begin).await?;
+                // Newest first by when each key left service; everything past `keep` in
+                // its (algorithm, state) goes. Only metadata is left in these rows.
+                let mut kids: Vec<String> = sqlx::query_scalar(
+                    "DELETE FROM signing_keys WHERE state IN ('revoked', 'expired') AND kid IN ( \
+                       SELECT kid FROM ( \
+                         SELECT kid, ROW_NUMBER() OVER ( \
+                           PARTITION BY alg, state \
+                           ORDER BY COALESCE(revoked_at, expires_at, created_at) DESC, kid DESC \
+                         ) AS position \
+                         FROM signing_keys WHERE state IN ('revoked', 'expired') \
+                       ) ranked WHERE position > $1) \
+                     RETURNING kid",
+                )
+                .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+                .fetch_all(&mut *tx)
+                .await?;
+                if kids.is_empty() {
+                    // Nothing over the cap (or another instance pruned first): no event.
+                    return Ok(kids);
+                }
+                kids.sort();
+                sqlx::query("UPDATE key_version SET version = version + 1 WHERE id = 1")
+                    .execute(&mut *tx)
+                    .await?;
+                let notify: &str = $notify;
+                if !notify.is_empty() {
+                    sqlx::query(notify).execute(&mut *tx).await?;
+                }
+                let mut event = event.clone();
+                event.kids = kids.clone();
+                Self::append_event_tx(&mut tx, &event, now).await?;
+                tx.commit().await?;
+                Ok(kids)
+            }
+
+            async fn prune_events(
+                &self,
+                before: chrono::DateTime<chrono::Utc>,
+                batch: i64,
+                event: &crate::server::audit::NewEvent,
+            ) -> Result<super::PrunedEvents, StorageError> {
+                let now = crate::server::audit::now();
+                let mut tx = self.pool.begin_with($begin).await?;
+                // Holding the head serializes this with every appender and with other
+                // instances pruning at the same time.
+                let (last_id, last_hash): (i64, String) =
+                    sqlx::query_as($lock_head).fetch_one(&mut *tx).await?;
+                let first: Option<i64> = sqlx::query_scalar("SELECT MIN(id) FROM audit_events")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let Some(first) = first else {
+                    return Ok(super::PrunedEvents::default());
+                };
+                // The log is cut at one id: everything before the first event that is
+                // still within the retention goes, so the kept part stays one chain.
+                let cut: Option<i64> = sqlx::query_scalar(
+                    "SELECT id FROM audit_events WHERE at >= $1 ORDER BY id LIMIT 1",
+                )
+                .bind(before)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let cut = cut.unwrap_or(last_id + 1);
+                if cut <= first {
+                    return Ok(super::PrunedEvents::default());
+                }
+                let upto = cut.min(first.saturating_add(batch.max(1)));
+                let deleted = sqlx::query("DELETE FROM audit_events WHERE id < $1")
+                    .bind(upto)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let kept: Option<(i64, String)> = sqlx::query_as(
+                    "SELECT id, prev_hash FROM audit_events ORDER BY id LIMIT 1",
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                // With nothing left, the chain restarts at this very event.
+                let (first_kept_id, anchor) = kept.unwrap_or((last_id + 1, last_hash));
+                let mut event = event.clone();
+                event.details = serde_json::json!({
+                    "deleted": deleted,
+                    "before": before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "first_kept_id": first_kept_id,
+                    "anchor": anchor,
+                });
+                Self::append_event_tx(&mut tx, &event, now).await?;
+                tx.commit().await?;
+                Ok(super::PrunedEvents {
+                    deleted,
+                    more: upto < cut,
+                })
             }
 
             async fn audit_chain(
