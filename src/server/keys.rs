@@ -544,7 +544,10 @@ impl KeyService {
                 Ok(Some(plan))
             }
             Ok(None) => Ok(None),
-            Err(KeyError::SlotTaken) => Ok(None),
+            Err(KeyError::SlotTaken) => {
+                self.counters.slot_lost();
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }

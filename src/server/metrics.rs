@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
 pub struct Counters {
     rotations: [AtomicU64; 4],
     revoked_keys: AtomicU64,
+    slots_lost: AtomicU64,
 }
 
 const TRIGGERS: [Trigger; 4] = [Trigger::Ui, Trigger::Api, Trigger::Cli, Trigger::Scheduler];
@@ -42,6 +43,16 @@ impl Counters {
 
     pub fn revoked(&self, keys: usize) {
         self.revoked_keys.fetch_add(keys as u64, Ordering::Relaxed);
+    }
+
+    /// A scheduled rotation this process prepared, whose slot another instance claimed
+    /// first: its transaction changed nothing.
+    pub fn slot_lost(&self) {
+        self.slots_lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn slots_lost(&self) -> u64 {
+        self.slots_lost.load(Ordering::Relaxed)
     }
 }
 
@@ -103,6 +114,13 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         out,
         "signet_revoked_keys_total {}",
         keys.counters.revoked_keys.load(Ordering::Relaxed)
+    );
+    out.push_str("# HELP signet_scheduler_slots_lost_total Scheduled rotations this process prepared but another instance had claimed first.\n");
+    out.push_str("# TYPE signet_scheduler_slots_lost_total counter\n");
+    let _ = writeln!(
+        out,
+        "signet_scheduler_slots_lost_total {}",
+        keys.counters.slots_lost()
     );
     (
         [(

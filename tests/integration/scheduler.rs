@@ -42,11 +42,10 @@ impl Instance {
         let line = tokio::task::spawn_blocking(move || {
             let mut reader = BufReader::new(stdout);
             let mut line = String::new();
-            reader.read_line(&mut line).map(|_| line).map(|line| {
-                // Keep draining (the first-admin banner) so the pipe never fills.
-                std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-                line
-            })
+            let read = reader.read_line(&mut line).map(|_| line);
+            // Keep draining (the first-admin banner) so the pipe never fills.
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+            read
         })
         .await
         .unwrap()
@@ -252,6 +251,13 @@ async fn two_instances_rotate_each_slot_once(backend: Backend) {
         .metric("signet_rotations_total{trigger=\"scheduler\"}")
         .await
         .unwrap();
+    let mut lost = 0.0;
+    for instance in [&a, &b] {
+        lost += instance
+            .metric("signet_scheduler_slots_lost_total")
+            .await
+            .unwrap();
+    }
     a.stop().await;
     b.stop().await;
 
@@ -281,8 +287,8 @@ async fn two_instances_rotate_each_slot_once(backend: Backend) {
         .collect();
     eprintln!(
         "{backend:?}: {} rotations for {slots} slots ({:.2} per slot), {} active-key reads, \
-         by instance {by_instance:?}, caught-up slots {}, rotation after its slot: \
-         median {} ms, max {} ms",
+         by instance {by_instance:?}, prepared but lost in the transaction {lost}, \
+         caught-up slots {}, rotation after its slot: median {} ms, max {} ms",
         rotations.len(),
         rotations.len() as f64 / slots as f64,
         reads,
@@ -400,6 +406,59 @@ async fn a_restart_across_slots_catches_up_once_sqlite() {
 #[tokio::test]
 async fn a_restart_across_slots_catches_up_once_postgres() {
     a_restart_across_slots_catches_up_once(Backend::Postgres).await;
+}
+
+/// Two instances that both prepared the rotation for one slot (both passed the cheap
+/// look, both generated keys): the claim in the transaction lets exactly one through.
+#[tokio::test]
+async fn the_claim_in_the_transaction_lets_one_of_two_prepared_rotations_through() {
+    use signet::domain::schedule::DueSlot;
+    use signet::server::keys::KeyService;
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let mut env = db.env();
+        env.push(("SIGNET_ALGORITHMS".into(), "EdDSA,ES256".into()));
+        let config = Config::from_sources(None, env).unwrap();
+        let app = spawn_app_with(db, config.clone()).await;
+        let other_storage = storage::connect(&config.database_url).await.unwrap();
+        let other = KeyService::new(
+            other_storage.clone(),
+            app.state.keyring.clone(),
+            Arc::new(config.clone()),
+        );
+        other.reload().await.unwrap();
+        for round in 0..5 {
+            let due = DueSlot {
+                slot: Utc::now() + chrono::Duration::seconds(round),
+                missed: 1,
+            };
+            let (a, b) = tokio::join!(
+                app.state.keys.rotate_scheduled(due, "a"),
+                other.rotate_scheduled(due, "b"),
+            );
+            let rotated = [a.unwrap(), b.unwrap()]
+                .iter()
+                .filter(|p| p.is_some())
+                .count();
+            assert_eq!(rotated, 1, "{backend:?} round {round}");
+            for state in [KeyState::Active, KeyState::Next] {
+                let counts = count_in_state(app.state.storage.as_ref(), state).await;
+                assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+            }
+        }
+        let lost = app.state.keys.counters.slots_lost() + other.counters.slots_lost();
+        // Each round both passed the look before either committed, so the database's
+        // claim is what decided, not the look.
+        assert!(
+            lost >= 1,
+            "{backend:?}: the transaction's claim was never exercised"
+        );
+        let rotations = scheduled_rotations(app.state.storage.as_ref()).await;
+        assert_eq!(rotations.len(), 5);
+        verify_chain(app.state.storage.as_ref()).await;
+        other_storage.close().await;
+        app.stop().await;
+    }
 }
 
 #[tokio::test]
