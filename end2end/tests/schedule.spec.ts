@@ -47,3 +47,30 @@ test('a valid edit is saved, shown, and recorded', async ({ page }) => {
   await page.goto('/events');
   await expect(page.locator('tr[data-kind="schedule.changed"]').first()).toContainText(ADMIN.email);
 });
+
+test('a schedule saved here drives the running scheduler at once', async ({ page }) => {
+  await expect(page.locator('#last-scheduled')).toHaveText('none yet');
+  const cron = page.getByLabel(/Cron expression/);
+  await cron.fill('*/2 * * * * * *');
+  await page.getByRole('button', { name: 'Save schedule' }).click();
+  await expect(page.locator('#save-result')).toHaveText('Schedule saved.');
+
+  // No restart: within a few seconds the scheduler has rotated for a slot of the new
+  // expression, and the page names the slot and the instance.
+  await expect(async () => {
+    await page.reload();
+    await expect(page.locator('#last-scheduled')).toHaveText(/^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC \(by .+\)$/, { timeout: 500 });
+  }).toPass({ timeout: 10_000 });
+  const slot = (await page.locator('#last-scheduled').textContent()) ?? '';
+  expect(Number(slot.slice(17, 19)) % 2).toBe(0);
+
+  await page.goto('/events');
+  await expect(page.locator('tr[data-kind="keys.rotated"]').first()).toContainText('scheduler');
+
+  // Back to a monthly schedule, so the other tests see steady keys.
+  await page.goto('/config/schedule');
+  await hydrated(page, '#preview-button');
+  await page.getByLabel(/Cron expression/).fill('0 30 3 1 * * *');
+  await page.getByRole('button', { name: 'Save schedule' }).click();
+  await expect(page.locator('#current-cron')).toHaveText('0 30 3 1 * * *');
+});

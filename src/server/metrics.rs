@@ -62,7 +62,11 @@ pub fn key_ages(keys: &KeyService, now: DateTime<Utc>) -> Vec<(Algorithm, i64, b
     let upcoming = keys.schedule().cron.upcoming(now, 2);
     let period = match upcoming.as_slice() {
         [a, b] => (*b - *a).num_seconds(),
-        _ => i64::MAX / 2,
+        // One fire time left: the active key is due for it, and none after.
+        [_] => i64::MAX / 2,
+        // A schedule that ran out rotates no more: every active key is overdue once it is
+        // older than the margin.
+        _ => 0,
     };
     let snapshot = keys.snapshot();
     keys.enabled()

@@ -180,3 +180,48 @@ async fn metrics_show_the_schedule_key_ages_and_what_was_rotated() {
         assert_eq!(body["rotation_overdue"], true, "{body}");
     }
 }
+
+/// A stored expression that has run out (a past year) is loaded, rotates no more, and is
+/// reported: no next rotation, and overdue once the active key is older than the margin.
+#[tokio::test]
+async fn a_schedule_that_ran_out_is_reported_as_overdue() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let two_hours_ago = (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339();
+        app.db
+            .execute(&format!(
+                "UPDATE signing_keys SET activated_at = '{two_hours_ago}' WHERE state = 'active'"
+            ))
+            .await
+            .unwrap();
+        app.state.keys.reload().await.unwrap();
+        let text = app.get("/metrics").await.text().await.unwrap();
+        assert_eq!(metric(&text, "signet_rotation_overdue"), 0.0, "{text}");
+
+        // Written behind Signet's back, as an old version or an operator could have.
+        app.db
+            .execute("UPDATE schedule SET cron = '0 0 0 1 1 * 2020'")
+            .await
+            .unwrap();
+        // The scheduler reads the schedule every second.
+        let mut text = String::new();
+        for _ in 0..50 {
+            text = app.get("/metrics").await.text().await.unwrap();
+            if !has_next_rotation(&text) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(!has_next_rotation(&text), "{backend:?}: {text}");
+        assert_eq!(metric(&text, "signet_rotation_overdue"), 1.0, "{text}");
+        let body: serde_json::Value = app.get("/health/ready").await.json().await.unwrap();
+        assert_eq!(body["rotation_overdue"], true, "{body}");
+        assert_eq!(body["status"], "ready");
+        app.stop().await;
+    }
+}
+
+fn has_next_rotation(text: &str) -> bool {
+    text.lines()
+        .any(|l| l.starts_with("signet_next_rotation_timestamp_seconds "))
+}

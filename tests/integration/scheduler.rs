@@ -191,6 +191,38 @@ async fn count_in_state(storage: &dyn Storage, state: KeyState) -> BTreeMap<Stri
     counts
 }
 
+/// Rewrites the audit log as if events up to `upto_id` had been written `days` ago,
+/// re-hashing the whole chain so it verifies: a history that is really old.
+async fn backdate_events(app: &crate::helpers::TestApp, upto_id: i64, days: i64) {
+    let (mut events, _, _) = app.state.storage.audit_chain().await.unwrap();
+    let at = audit::now() - chrono::Duration::days(days);
+    let mut prev = events[0].prev_hash.clone();
+    for e in &mut events {
+        if e.id <= upto_id {
+            e.at = at;
+        }
+        e.prev_hash = prev.clone();
+        e.hash = e.expected_hash();
+        prev = e.hash.clone();
+        let literal = e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+        app.db
+            .execute(&format!(
+                "UPDATE audit_events SET at = '{literal}', prev_hash = '{}', hash = '{}' \
+                 WHERE id = {}",
+                e.prev_hash, e.hash, e.id
+            ))
+            .await
+            .unwrap();
+    }
+    app.db
+        .execute(&format!(
+            "UPDATE audit_head SET last_hash = '{prev}' WHERE id = 1"
+        ))
+        .await
+        .unwrap();
+    verify_chain(app.state.storage.as_ref()).await;
+}
+
 async fn verify_chain(storage: &dyn Storage) -> usize {
     let (events, head_id, head_hash) = storage.audit_chain().await.unwrap();
     audit::verify_chain(&events, head_id, &head_hash).unwrap()
@@ -668,22 +700,8 @@ async fn housekeeping_prunes_old_events_and_the_chain_still_verifies() {
         let (events, _, _) = app.state.storage.audit_chain().await.unwrap();
         assert!(events.len() >= 4);
         let old = events[2].id;
-        // The first three events are made 100 days old, as if written back then. (Their
-        // hashes no longer match, but they are about to go; the kept ones are intact.)
-        let at = if app.db.is_postgres() {
-            "now() - interval '100 days'".to_string()
-        } else {
-            format!(
-                "'{}'",
-                (Utc::now() - chrono::Duration::days(100)).to_rfc3339()
-            )
-        };
-        app.db
-            .execute(&format!(
-                "UPDATE audit_events SET at = {at} WHERE id <= {old}"
-            ))
-            .await
-            .unwrap();
+        // The first three events are made 100 days old.
+        backdate_events(&app, old, 100).await;
 
         // Two instances' passes at once delete them once, with one record of it.
         let now = Utc::now();
@@ -756,6 +774,74 @@ async fn housekeeping_prunes_old_events_and_the_chain_still_verifies() {
             "{out:?}"
         );
         storage_b.close().await;
+        app.stop().await;
+    }
+}
+
+/// A backlog is deleted in batches, each its own transaction and record; the chain
+/// verifies after every one, anchored by the latest record.
+#[tokio::test]
+async fn event_pruning_in_batches_keeps_the_chain_verifiable_after_each() {
+    use signet::server::audit::NewEvent;
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let config = db.config();
+        let app = spawn_app_with(db, config).await;
+        let actor = signet::server::keys::Actor::cli();
+        for _ in 0..3 {
+            app.state
+                .keys
+                .rotate(None, false, None, &actor)
+                .await
+                .unwrap();
+        }
+        let (events, _, _) = app.state.storage.audit_chain().await.unwrap();
+        let old = events[events.len() - 2].id;
+        backdate_events(&app, old, 200).await;
+        let record = NewEvent {
+            level: signet::domain::audit::Level::Info,
+            kind: kind::AUDIT_PRUNED,
+            actor: "scheduler".into(),
+            trigger: signet::domain::audit::Trigger::Scheduler,
+            source: None,
+            kids: Vec::new(),
+            reason: None,
+            details: serde_json::Value::Null,
+        };
+        let before = Utc::now() - chrono::Duration::days(90);
+        let mut passes = 0;
+        let mut deleted = 0;
+        loop {
+            let pruned = app
+                .state
+                .storage
+                .prune_events(before, 2, &record)
+                .await
+                .unwrap();
+            passes += 1;
+            deleted += pruned.deleted;
+            assert!(pruned.deleted <= 2);
+            verify_chain(app.state.storage.as_ref()).await;
+            if !pruned.more {
+                break;
+            }
+        }
+        assert_eq!(deleted, old as u64, "{backend:?}");
+        assert_eq!(passes, (old as usize).div_ceil(2));
+        // Nothing more is due: another call changes nothing and records nothing.
+        let records = crate::keys::events_of(&app, kind::AUDIT_PRUNED).await.len();
+        assert_eq!(records, passes);
+        let again = app
+            .state
+            .storage
+            .prune_events(before, 2, &record)
+            .await
+            .unwrap();
+        assert_eq!(again.deleted, 0);
+        assert_eq!(
+            crate::keys::events_of(&app, kind::AUDIT_PRUNED).await.len(),
+            records
+        );
         app.stop().await;
     }
 }
