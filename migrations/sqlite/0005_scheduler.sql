@@ -11,6 +11,7 @@ CREATE TABLE scheduler_slots (
 );
 
 -- When the current cron expression took effect. Slots before it are not owed: changing
--- the schedule never rotates at once.
+-- the schedule never rotates at once. For an existing installation that is now: the
+-- version before had no scheduler, so the upgrade owes no rotation either.
 ALTER TABLE schedule ADD COLUMN cron_since TEXT;
-UPDATE schedule SET cron_since = updated_at;
+UPDATE schedule SET cron_since = strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now');

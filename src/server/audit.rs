@@ -140,36 +140,21 @@ impl std::fmt::Display for ChainBreak {
     }
 }
 
-/// Checks a whole chain, given in id order, against its head.
-///
-/// The chain may begin after event 1 when housekeeping deleted events older than the
-/// retention. Each such deletion appends an `audit.pruned` event naming the first event
-/// it kept and the hash that event follows; the latest of them must describe exactly
-/// where the rows now begin. Its own hash is checked like any other, so deleting older
-/// rows by hand, or forging the record, still breaks the chain.
-pub fn verify_chain(
-    events: &[StoredEvent],
-    head_id: i64,
-    head_hash: &str,
-) -> Result<usize, ChainBreak> {
-    let mut prev = String::new();
-    if let Some(first) = events.first() {
-        let start = events
-            .iter()
-            .rev()
-            .find(|e| e.kind == crate::domain::audit::kind::AUDIT_PRUNED)
-            .and_then(|e| {
-                let id = e.details.get("first_kept_id")?.as_i64()?;
-                let anchor = e.details.get("anchor")?.as_str()?;
-                Some((id, anchor.to_string()))
-            });
-        if let Some((id, anchor)) = start
-            && id == first.id
-        {
-            prev = anchor;
-        }
+/// Where a chain cut by housekeeping begins, as an `audit.pruned` record names it: the
+/// first event kept, and the hash that event follows.
+pub fn pruned_start(record: &StoredEvent) -> Option<(i64, String)> {
+    if record.kind != crate::domain::audit::kind::AUDIT_PRUNED {
+        return None;
     }
-    let mut last_id = 0;
+    let id = record.details.get("first_kept_id")?.as_i64()?;
+    let anchor = record.details.get("anchor")?.as_str()?;
+    Some((id, anchor.to_string()))
+}
+
+/// Checks that `events` (in id order) follow `prev` and each other, and that each one
+/// matches its hash. Returns the last hash (`prev` when there are none).
+pub fn check_links(events: &[StoredEvent], prev: &str) -> Result<String, ChainBreak> {
+    let mut prev = prev.to_string();
     for e in events {
         if e.prev_hash != prev {
             return Err(ChainBreak::Unlinked { id: e.id });
@@ -178,9 +163,31 @@ pub fn verify_chain(
             return Err(ChainBreak::Edited { id: e.id });
         }
         prev = e.hash.clone();
-        last_id = e.id;
     }
-    if last_id != head_id || prev != head_hash {
+    Ok(prev)
+}
+
+/// Checks a whole chain, given in id order, against its head.
+///
+/// The chain may begin after event 1 when housekeeping deleted events older than the
+/// retention. Each such deletion appends an `audit.pruned` event naming the first event
+/// it kept and the hash that event follows; the latest of them must describe exactly
+/// where the rows now begin. That record is linked and hashed like any other event, so
+/// rows deleted by hand still show up as a break, and housekeeping checks the rows it
+/// deletes first, so it never re-anchors around an earlier break.
+pub fn verify_chain(
+    events: &[StoredEvent],
+    head_id: i64,
+    head_hash: &str,
+) -> Result<usize, ChainBreak> {
+    let start = events.iter().rev().find_map(pruned_start);
+    let prev = match (events.first(), start) {
+        (Some(first), Some((id, anchor))) if id == first.id => anchor,
+        _ => String::new(),
+    };
+    let last = check_links(events, &prev)?;
+    let last_id = events.last().map_or(0, |e| e.id);
+    if last_id != head_id || last != head_hash {
         return Err(ChainBreak::Truncated { last_id, head_id });
     }
     Ok(events.len())

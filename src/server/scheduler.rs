@@ -96,8 +96,9 @@ pub async fn run(job: &dyn Job, clock: &dyn Clock) {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
+                // 1, 2, 4, 8, 16, then 30 seconds.
                 let wait = POLL
-                    .saturating_mul(1 << failures.min(5).saturating_sub(1))
+                    .saturating_mul(1 << (failures - 1).min(5))
                     .min(MAX_BACKOFF);
                 tracing::warn!(
                     job = job.name(),
@@ -167,6 +168,26 @@ impl Job for Rotation {
     }
 
     async fn run(&self, due: crate::domain::schedule::DueSlot) -> Result<bool, JobError> {
+        // The instance that claims a slot rotates the algorithms it is configured for;
+        // instances configured differently would leave some unrotated.
+        let enabled = self.keys.enabled();
+        let mut foreign: Vec<String> = self
+            .keys
+            .snapshot()
+            .keys
+            .iter()
+            .filter(|k| k.state == crate::domain::KeyState::Active && !enabled.contains(&k.alg))
+            .map(|k| k.alg.to_string())
+            .collect();
+        foreign.sort();
+        foreign.dedup();
+        if !foreign.is_empty() {
+            tracing::warn!(
+                algorithms = foreign.join(","),
+                "the database has active keys of algorithms this instance does not enable; \
+                 give every instance the same SIGNET_ALGORITHMS or they are not rotated on schedule"
+            );
+        }
         match self.keys.rotate_scheduled(due, &self.instance).await? {
             Some(plan) => {
                 tracing::info!(
@@ -246,22 +267,24 @@ pub async fn housekeeping_pass(
 ) -> Result<HousekeepingReport, JobError> {
     let mut report = HousekeepingReport::default();
     let mut first_error: Option<JobError> = None;
-    let mut keep = |e: JobError| {
+    // Each failure is logged where it happens; the first is also returned.
+    let mut keep = |part: &str, e: JobError| {
+        tracing::error!(part, error = %e, "housekeeping step failed");
         if first_error.is_none() {
             first_error = Some(e);
         }
     };
     match keys.expire(now).await {
         Ok(n) => report.keys_expired = n,
-        Err(e) => keep(e.into()),
+        Err(e) => keep("expiry of rotated keys", e.into()),
     }
     match keys.prune_retired().await {
         Ok(n) => report.keys_pruned = n,
-        Err(e) => keep(e.into()),
+        Err(e) => keep("pruning of retired keys", e.into()),
     }
     match storage.prune_sessions(now).await {
         Ok(n) => report.sessions_deleted = n,
-        Err(e) => keep(e.into()),
+        Err(e) => keep("pruning of sessions", e.into()),
     }
     let before = now - chrono::Duration::seconds(config.event_retention.as_secs() as i64);
     let ev = NewEvent {
@@ -286,7 +309,7 @@ pub async fn housekeeping_pass(
                 }
             }
             Err(e) => {
-                keep(e.into());
+                keep("pruning of audit events", e.into());
                 break;
             }
         }

@@ -191,9 +191,46 @@ async fn count_in_state(storage: &dyn Storage, state: KeyState) -> BTreeMap<Stri
     counts
 }
 
+/// The server's state on a test database, without its background tasks: the test is the
+/// only one running housekeeping and scheduled rotations.
+struct Quiet {
+    state: signet::server::AppState,
+    db: TestDb,
+}
+
+impl Quiet {
+    async fn new(db: TestDb, config: Config) -> Self {
+        let app = signet::server::Application::build(
+            config,
+            signet::server::ServeOptions { migrate: true },
+        )
+        .await
+        .unwrap();
+        Self {
+            state: app.state().clone(),
+            db,
+        }
+    }
+
+    async fn stop(self) {
+        self.state.storage.close().await;
+    }
+}
+
+async fn events_of(storage: &dyn Storage, kind: &str) -> Vec<StoredEvent> {
+    storage
+        .list_events(&EventQuery {
+            kind: Some(kind.into()),
+            limit: 200,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
 /// Rewrites the audit log as if events up to `upto_id` had been written `days` ago,
 /// re-hashing the whole chain so it verifies: a history that is really old.
-async fn backdate_events(app: &crate::helpers::TestApp, upto_id: i64, days: i64) {
+async fn backdate_events(app: &Quiet, upto_id: i64, days: i64) {
     let (mut events, _, _) = app.state.storage.audit_chain().await.unwrap();
     let at = audit::now() - chrono::Duration::days(days);
     let mut prev = events[0].prev_hash.clone();
@@ -246,6 +283,7 @@ async fn two_instances_rotate_each_slot_once(backend: Backend) {
     let out = run_signet(&env, &["schedule", "set", "* * * * * * *"]);
     assert!(out.status.success(), "{out:?}");
     let changed = Utc::now();
+    let per_second_since = storage.get_schedule().await.unwrap().unwrap().cron_since;
     for instance in [&a, &b] {
         let mut next = None;
         for _ in 0..40 {
@@ -275,6 +313,19 @@ async fn two_instances_rotate_each_slot_once(backend: Backend) {
         reads += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Back to monthly through the CLI again; once the last slot stops moving, the
+    // counters are final.
+    let out = run_signet(&env, &["schedule", "set", "0 30 3 1 * * *"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut last = storage.last_slot("rotation").await.unwrap();
+    loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let now = storage.last_slot("rotation").await.unwrap();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     let rotations_a = a
         .metric("signet_rotations_total{trigger=\"scheduler\"}")
         .await
@@ -294,16 +345,17 @@ async fn two_instances_rotate_each_slot_once(backend: Backend) {
     b.stop().await;
 
     let rotations = scheduled_rotations(storage.as_ref()).await;
-    assert!(
-        rotations.len() >= 10,
-        "only {} scheduled rotations in 12 s",
-        rotations.len()
-    );
     assert_each_slot_once(&rotations, 1);
-    // The change never rotates at once: the first slot is after it.
-    assert!(rotations[0].slot > changed - chrono::Duration::seconds(1));
     let (first, last) = (rotations[0].slot, rotations[rotations.len() - 1].slot);
     let slots = (last - first).num_seconds() + 1;
+    assert!(
+        slots >= 10,
+        "only {slots} slots rotated for: {rotations:#?}"
+    );
+    // The change never rotates at once: the first slot is the first after it took
+    // effect, and owes nothing before.
+    assert!(rotations[0].slot > per_second_since, "{rotations:#?}");
+    assert_eq!(rotations[0].missed, 1, "{rotations:#?}");
     let by_instance = rotations.iter().fold(BTreeMap::new(), |mut m, r| {
         *m.entry(r.instance.clone()).or_insert(0) += 1;
         m
@@ -451,7 +503,7 @@ async fn the_claim_in_the_transaction_lets_one_of_two_prepared_rotations_through
         let mut env = db.env();
         env.push(("SIGNET_ALGORITHMS".into(), "EdDSA,ES256".into()));
         let config = Config::from_sources(None, env).unwrap();
-        let app = spawn_app_with(db, config.clone()).await;
+        let app = Quiet::new(db, config.clone()).await;
         let other_storage = storage::connect(&config.database_url).await.unwrap();
         let other = KeyService::new(
             other_storage.clone(),
@@ -580,7 +632,7 @@ async fn housekeeping_prunes_retired_keys_beyond_the_cap_once_from_two_instances
     for backend in BACKENDS {
         let db = TestDb::new(backend).await;
         let config = capped_config(&db, 2);
-        let a = spawn_app_with(db, config.clone()).await;
+        let a = Quiet::new(db, config.clone()).await;
         let actor = signet::server::keys::Actor::cli();
         // Each rotate-and-revoke revokes the active and the next key of both algorithms.
         for _ in 0..3 {
@@ -655,7 +707,7 @@ async fn housekeeping_prunes_retired_keys_beyond_the_cap_once_from_two_instances
                     .all(|n| *n == 1)
             );
         }
-        let pruned = crate::keys::events_of(&a, kind::KEYS_PRUNED).await;
+        let pruned = events_of(a.state.storage.as_ref(), kind::KEYS_PRUNED).await;
         let named: usize = pruned.iter().map(|e| e.kids.len()).sum();
         assert_eq!(named, 8);
         let distinct: BTreeSet<_> = pruned.iter().flat_map(|e| e.kids.clone()).collect();
@@ -672,7 +724,9 @@ async fn housekeeping_prunes_retired_keys_beyond_the_cap_once_from_two_instances
         .unwrap();
         assert_eq!(again.keys_pruned, 0);
         assert_eq!(
-            crate::keys::events_of(&a, kind::KEYS_PRUNED).await.len(),
+            events_of(a.state.storage.as_ref(), kind::KEYS_PRUNED)
+                .await
+                .len(),
             pruned.len()
         );
         // The running instance reloaded: the UI's key list no longer has them.
@@ -688,7 +742,7 @@ async fn housekeeping_prunes_old_events_and_the_chain_still_verifies() {
     for backend in BACKENDS {
         let db = TestDb::new(backend).await;
         let config = db.config();
-        let app = spawn_app_with(db, config).await;
+        let app = Quiet::new(db, config).await;
         let actor = signet::server::keys::Actor::cli();
         for _ in 0..3 {
             app.state
@@ -718,7 +772,7 @@ async fn housekeeping_prunes_old_events_and_the_chain_still_verifies() {
             housekeeping_pass(&app.state.keys, storage_b.as_ref(), &app.state.config, now),
         );
         assert_eq!(ra.unwrap().events_deleted + rb.unwrap().events_deleted, 3);
-        let pruned = crate::keys::events_of(&app, kind::AUDIT_PRUNED).await;
+        let pruned = events_of(app.state.storage.as_ref(), kind::AUDIT_PRUNED).await;
         assert_eq!(pruned.len(), 1);
         assert_eq!(pruned[0].details["deleted"], 3);
         assert_eq!(pruned[0].details["first_kept_id"], old + 1);
@@ -786,7 +840,7 @@ async fn event_pruning_in_batches_keeps_the_chain_verifiable_after_each() {
     for backend in BACKENDS {
         let db = TestDb::new(backend).await;
         let config = db.config();
-        let app = spawn_app_with(db, config).await;
+        let app = Quiet::new(db, config).await;
         let actor = signet::server::keys::Actor::cli();
         for _ in 0..3 {
             app.state
@@ -829,7 +883,9 @@ async fn event_pruning_in_batches_keeps_the_chain_verifiable_after_each() {
         assert_eq!(deleted, old as u64, "{backend:?}");
         assert_eq!(passes, (old as usize).div_ceil(2));
         // Nothing more is due: another call changes nothing and records nothing.
-        let records = crate::keys::events_of(&app, kind::AUDIT_PRUNED).await.len();
+        let records = events_of(app.state.storage.as_ref(), kind::AUDIT_PRUNED)
+            .await
+            .len();
         assert_eq!(records, passes);
         let again = app
             .state
@@ -839,8 +895,119 @@ async fn event_pruning_in_batches_keeps_the_chain_verifiable_after_each() {
             .unwrap();
         assert_eq!(again.deleted, 0);
         assert_eq!(
-            crate::keys::events_of(&app, kind::AUDIT_PRUNED).await.len(),
+            events_of(app.state.storage.as_ref(), kind::AUDIT_PRUNED)
+                .await
+                .len(),
             records
+        );
+        app.stop().await;
+    }
+}
+
+/// An installation from before the scheduler (schema 4, a schedule set two months ago)
+/// upgrades without a rotation: the old version had no scheduler, so no slot is owed.
+#[tokio::test]
+async fn upgrading_to_the_scheduler_owes_no_rotation() {
+    use sqlx::migrate::Migrator;
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let dir = match backend {
+            Backend::Sqlite => "migrations/sqlite",
+            Backend::Postgres => "migrations/postgres",
+        };
+        let mut before = Migrator::new(std::path::Path::new(dir)).await.unwrap();
+        before.migrations = before
+            .migrations
+            .iter()
+            .filter(|m| m.version <= 4)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        let set_at = (Utc::now() - chrono::Duration::days(60))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+        let seed = format!(
+            "INSERT INTO schedule (id, cron, retention_secs, updated_at) \
+             VALUES (1, '0 30 3 1 * * *', 2592000, '{set_at}')"
+        );
+        match backend {
+            Backend::Sqlite => {
+                std::fs::create_dir_all(db.sqlite_file().parent().unwrap()).unwrap();
+                let options =
+                    <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&db.url)
+                        .unwrap()
+                        .create_if_missing(true);
+                let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+                before.run(&pool).await.unwrap();
+                sqlx::query(&seed).execute(&pool).await.unwrap();
+                pool.close().await;
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+                before.run(&pool).await.unwrap();
+                sqlx::query(&seed).execute(&pool).await.unwrap();
+                pool.close().await;
+            }
+        }
+        let config = db.config();
+        let app = spawn_app_with(db, config).await;
+        // Two scheduler looks at least.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(
+            scheduled_rotations(app.state.storage.as_ref())
+                .await
+                .is_empty(),
+            "{backend:?}: the upgrade rotated"
+        );
+        let row = app.state.storage.get_schedule().await.unwrap().unwrap();
+        assert!(
+            row.cron_since > Utc::now() - chrono::Duration::minutes(1),
+            "{row:?}"
+        );
+        assert_eq!(row.cron, "0 30 3 1 * * *");
+        app.stop().await;
+    }
+}
+
+/// Pruning never deletes across a break: re-anchoring the rest would hide the tampering.
+#[tokio::test]
+async fn pruning_refuses_to_delete_across_a_broken_chain() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let config = db.config();
+        let app = Quiet::new(db, config).await;
+        let actor = signet::server::keys::Actor::cli();
+        for _ in 0..2 {
+            app.state
+                .keys
+                .rotate(None, false, None, &actor)
+                .await
+                .unwrap();
+        }
+        backdate_events(&app, 2, 100).await;
+        app.db
+            .execute("UPDATE audit_events SET reason = 'nothing to see' WHERE id = 2")
+            .await
+            .unwrap();
+        let (before, _, _) = app.state.storage.audit_chain().await.unwrap();
+        let result = housekeeping_pass(
+            &app.state.keys,
+            app.state.storage.as_ref(),
+            &app.state.config,
+            Utc::now(),
+        )
+        .await;
+        let err = result.expect_err("pruning across an edited event must fail");
+        assert!(err.to_string().contains("audit chain is broken"), "{err}");
+        let (after, _, _) = app.state.storage.audit_chain().await.unwrap();
+        assert_eq!(
+            after, before,
+            "{backend:?}: nothing deleted, nothing recorded"
+        );
+        let out = run_signet(&app.db.env(), &["audit", "verify"]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("event 2 was altered"),
+            "{out:?}"
         );
         app.stop().await;
     }

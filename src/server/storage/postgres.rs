@@ -37,6 +37,7 @@ super::shared::storage_impl! {
     PostgresStorage,
     db = sqlx::Postgres,
     begin = "BEGIN",
+    read_snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     lock_head = "SELECT last_id, last_hash FROM audit_head WHERE id = 1 FOR UPDATE",
     migrator = MIGRATOR,
     migrations_exist = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL",

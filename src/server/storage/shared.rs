@@ -144,7 +144,8 @@ where
 /// Implements `Storage` for one backend: its own methods (`specific`) plus the shared ones.
 ///
 /// - `$ty`: the backend type, with a `pool` field; `db`: its sqlx database.
-/// - `begin`: the statement that opens a writing transaction.
+/// - `begin`: the statement that opens a writing transaction; `read_snapshot`: one that
+///   opens a reading transaction whose statements all see the same snapshot.
 /// - `lock_head`: the query that reads and locks the audit chain's head.
 /// - `migrator`: the backend's embedded migrations; `migrations_exist`: a query telling
 ///   whether sqlx's migrations table exists yet.
@@ -154,6 +155,7 @@ macro_rules! storage_impl {
         $ty:ty,
         db = $db:ty,
         begin = $begin:expr,
+        read_snapshot = $read_snapshot:expr,
         lock_head = $lock_head:expr,
         migrator = $migrator:expr,
         migrations_exist = $migrations_exist:expr,
@@ -984,18 +986,74 @@ macro_rules! storage_impl {
                     return Ok(super::PrunedEvents::default());
                 }
                 let upto = cut.min(first.saturating_add(batch.max(1)));
+                // Check what is about to go first: deleting across a break and anchoring
+                // the rest would hide the tampering for good.
+                let broken = |why: String| {
+                    StorageError::Corrupt(format!(
+                        "the audit chain is broken ({why}); old events are kept until \
+                         `signet audit verify` passes"
+                    ))
+                };
+                let anchor = if first == 1 {
+                    String::new()
+                } else {
+                    let sql = format!(
+                        "SELECT {} FROM audit_events WHERE kind = $1 ORDER BY id DESC LIMIT 1",
+                        super::shared::EVENT_COLUMNS
+                    );
+                    let record = sqlx::query(&sql)
+                        .bind(crate::domain::audit::kind::AUDIT_PRUNED)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .as_ref()
+                        .map(super::shared::event_from_row)
+                        .transpose()?;
+                    match record.as_ref().and_then(crate::server::audit::pruned_start) {
+                        Some((id, anchor)) if id == first => anchor,
+                        _ => {
+                            return Err(broken(format!(
+                                "events before {first} are missing and no record says why"
+                            )));
+                        }
+                    }
+                };
+                let sql = format!(
+                    "SELECT {} FROM audit_events WHERE id >= $1 AND id < $2 ORDER BY id",
+                    super::shared::EVENT_COLUMNS
+                );
+                let doomed = sqlx::query(&sql)
+                    .bind(first)
+                    .bind(upto)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(super::shared::event_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let last_deleted = crate::server::audit::check_links(&doomed, &anchor)
+                    .map_err(|b| broken(b.to_string()))?;
+                let kept: Option<(i64, String)> = sqlx::query_as(
+                    "SELECT id, prev_hash FROM audit_events WHERE id >= $1 ORDER BY id LIMIT 1",
+                )
+                .bind(upto)
+                .fetch_optional(&mut *tx)
+                .await?;
+                // The first event kept must follow the last one deleted; with nothing
+                // kept, the head must name it, and the chain restarts at this record.
+                let (first_kept_id, anchor) = match kept {
+                    Some((id, prev)) if prev == last_deleted => (id, prev),
+                    Some((id, _)) => {
+                        return Err(broken(format!(
+                            "event {id} does not follow the event before it"
+                        )));
+                    }
+                    None if last_deleted == last_hash => (last_id + 1, last_hash),
+                    None => return Err(broken("the newest events were deleted".into())),
+                };
                 let deleted = sqlx::query("DELETE FROM audit_events WHERE id < $1")
                     .bind(upto)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                let kept: Option<(i64, String)> = sqlx::query_as(
-                    "SELECT id, prev_hash FROM audit_events ORDER BY id LIMIT 1",
-                )
-                .fetch_optional(&mut *tx)
-                .await?;
-                // With nothing left, the chain restarts at this very event.
-                let (first_kept_id, anchor) = kept.unwrap_or((last_id + 1, last_hash));
                 let mut event = event.clone();
                 event.details = serde_json::json!({
                     "deleted": deleted,
@@ -1014,12 +1072,13 @@ macro_rules! storage_impl {
             async fn audit_chain(
                 &self,
             ) -> Result<(Vec<crate::server::audit::StoredEvent>, i64, String), StorageError> {
-                // The head first, then the rows up to it: an event appended meanwhile (a
-                // running server) is neither half-seen nor mistaken for a truncation. On
-                // PostgreSQL each statement has its own snapshot, so the order matters.
+                // Head and rows from one snapshot: neither an event appended meanwhile nor
+                // a pruning pass (which deletes old rows and appends its record) can make
+                // a healthy log look broken.
+                let mut tx = self.pool.begin_with($read_snapshot).await?;
                 let (last_id, last_hash): (i64, String) =
                     sqlx::query_as("SELECT last_id, last_hash FROM audit_head WHERE id = 1")
-                        .fetch_one(&self.pool)
+                        .fetch_one(&mut *tx)
                         .await?;
                 let sql = format!(
                     "SELECT {} FROM audit_events WHERE id <= $1 ORDER BY id",
@@ -1027,11 +1086,12 @@ macro_rules! storage_impl {
                 );
                 let events = sqlx::query(&sql)
                     .bind(last_id)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *tx)
                     .await?
                     .iter()
                     .map(super::shared::event_from_row)
                     .collect::<Result<Vec<_>, _>>()?;
+                tx.commit().await?;
                 Ok((events, last_id, last_hash))
             }
         }

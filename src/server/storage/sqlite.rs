@@ -75,6 +75,7 @@ super::shared::storage_impl! {
     SqliteStorage,
     db = sqlx::Sqlite,
     begin = "BEGIN IMMEDIATE",
+    read_snapshot = "BEGIN",
     lock_head = "SELECT last_id, last_hash FROM audit_head WHERE id = 1",
     migrator = MIGRATOR,
     migrations_exist = "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
