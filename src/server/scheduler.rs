@@ -59,6 +59,12 @@ impl Clock for SystemClock {
 pub trait Job: Send + Sync {
     fn name(&self) -> &'static str;
 
+    /// The longest sleep between two looks. A job whose schedule can change while it runs
+    /// looks every [`POLL`]; a fixed one may sleep until its next slot.
+    fn poll(&self) -> Duration {
+        POLL
+    }
+
     /// The schedule in force, and the instant up to which every slot has been handled
     /// (the last claimed slot, or when the schedule took effect, whichever is later).
     async fn schedule(&self) -> Result<(CronSchedule, DateTime<Utc>), JobError>;
@@ -123,7 +129,7 @@ pub async fn step(job: &dyn Job, clock: &dyn Clock) -> Result<Step, JobError> {
     let now = clock.now();
     Ok(match cron.next_after(now) {
         Some(next) => Step {
-            wait: (next - now).to_std().unwrap_or_default().min(POLL),
+            wait: (next - now).to_std().unwrap_or_default().min(job.poll()),
             ran_out: false,
         },
         None => Step {
@@ -215,6 +221,11 @@ pub struct Housekeeping {
 impl Job for Housekeeping {
     fn name(&self) -> &'static str {
         SLOT_HOUSEKEEPING
+    }
+
+    /// Its schedule never changes: it sleeps until the next minute.
+    fn poll(&self) -> Duration {
+        Duration::from_secs(60)
     }
 
     async fn schedule(&self) -> Result<(CronSchedule, DateTime<Utc>), JobError> {
@@ -357,6 +368,7 @@ mod tests {
         schedule: Mutex<(CronSchedule, DateTime<Utc>)>,
         last: Mutex<Option<DateTime<Utc>>>,
         runs: Mutex<Vec<(usize, DueSlot)>>,
+        looks: std::sync::atomic::AtomicUsize,
     }
 
     impl Shared {
@@ -365,6 +377,7 @@ mod tests {
                 schedule: Mutex::new((CronSchedule::parse_stored(cron).unwrap(), since)),
                 last: Mutex::new(None),
                 runs: Mutex::new(Vec::new()),
+                looks: Default::default(),
             })
         }
 
@@ -383,6 +396,7 @@ mod tests {
     struct MemJob {
         shared: Arc<Shared>,
         instance: usize,
+        poll: Duration,
     }
 
     #[async_trait]
@@ -391,7 +405,14 @@ mod tests {
             "test"
         }
 
+        fn poll(&self) -> Duration {
+            self.poll
+        }
+
         async fn schedule(&self) -> Result<(CronSchedule, DateTime<Utc>), JobError> {
+            self.shared
+                .looks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (cron, since) = self.shared.schedule.lock().unwrap().clone();
             let last = *self.shared.last.lock().unwrap();
             Ok((cron, last.map_or(since, |l| l.max(since))))
@@ -422,6 +443,7 @@ mod tests {
         let job = MemJob {
             shared: shared.clone(),
             instance,
+            poll: POLL,
         };
         let clock = clock.clone();
         tokio::spawn(async move { run(&job, clock.as_ref()).await })
@@ -502,12 +524,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_fixed_schedule_sleeps_until_its_slot_instead_of_polling() {
+        let shared = Shared::new("0 * * * * * *", t(10, 0, 0));
+        let clock = PausedClock::at(t(10, 0, 0));
+        let job = MemJob {
+            shared: shared.clone(),
+            instance: 0,
+            poll: Duration::from_secs(60),
+        };
+        let clock_for_task = clock.clone();
+        let task = tokio::spawn(async move { run(&job, clock_for_task.as_ref()).await });
+        tokio::time::sleep(Duration::from_secs(185)).await;
+        task.abort();
+        assert_eq!(
+            shared.slots(),
+            vec![(t(10, 1, 0), 1), (t(10, 2, 0), 1), (t(10, 3, 0), 1)]
+        );
+        // A look at start and one per minute, not one per second.
+        let looks = shared.looks.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(looks <= 5, "{looks} looks in three minutes");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_schedule_that_ran_out_sleeps_and_does_nothing() {
         let shared = Shared::new("0 0 0 1 1 * 2020", t(10, 0, 0));
         let clock = PausedClock::at(t(10, 0, 0));
         let job = MemJob {
             shared: shared.clone(),
             instance: 0,
+            poll: POLL,
         };
         let step = step(&job, clock.as_ref()).await.unwrap();
         assert_eq!(
