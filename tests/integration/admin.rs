@@ -264,7 +264,7 @@ async fn a_stolen_session_value_is_useless_once_disabled_reset_or_stale() {
         200
     );
     let env = app.db.env();
-    let out = run_signet(&env, &["admin", "reset-password", "ops@example.com"]);
+    let out = run_signet(&env, &["admin", "reset-password", "ops@example.com"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -481,7 +481,8 @@ async fn the_cli_creates_admins_and_prints_only_the_password() {
         let out = run_signet(
             &env,
             &["admin", "create", "Viewer@Example.com", "--role", "viewer"],
-        );
+        )
+        .await;
         assert!(
             out.status.success(),
             "{}",
@@ -494,16 +495,23 @@ async fn the_cli_creates_admins_and_prints_only_the_password() {
         assert_eq!(answer.status, 200, "{}", answer.body);
 
         // With --password-stdin, nothing on stdout, and the rule applies.
-        let mut child = crate::helpers::signet_command(&env)
+        let mut cmd = tokio::process::Command::from(crate::helpers::signet_command(&env));
+        let mut child = cmd
             .args(["admin", "create", "ops@example.com", "--password-stdin"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        use std::io::Write as _;
-        writeln!(child.stdin.take().unwrap(), "{TEST_PASSWORD}").unwrap();
-        let out = child.wait_with_output().unwrap();
+        {
+            use tokio::io::AsyncWriteExt as _;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin
+                .write_all(format!("{TEST_PASSWORD}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        let out = child.wait_with_output().await.unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -517,12 +525,12 @@ async fn the_cli_creates_admins_and_prints_only_the_password() {
         );
 
         // A duplicate, a bad email and a short password are refused, changing nothing.
-        let dup = run_signet(&env, &["admin", "create", "OPS@example.com"]);
+        let dup = run_signet(&env, &["admin", "create", "OPS@example.com"]).await;
         assert!(!dup.status.success());
         assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
-        let bad = run_signet(&env, &["admin", "create", "not-an-email"]);
+        let bad = run_signet(&env, &["admin", "create", "not-an-email"]).await;
         assert!(!bad.status.success());
-        let unknown = run_signet(&env, &["admin", "reset-password", "ghost@example.com"]);
+        let unknown = run_signet(&env, &["admin", "reset-password", "ghost@example.com"]).await;
         assert!(!unknown.status.success());
         assert_eq!(
             app.state.storage.count_admins().await.unwrap(),

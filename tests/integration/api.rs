@@ -610,7 +610,8 @@ async fn token_create_cli_prints_only_the_secret() {
             "sign",
             "keys:read",
         ],
-    );
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -622,7 +623,7 @@ async fn token_create_cli_prints_only_the_secret() {
     assert!(secret.starts_with("sgt_"));
     let (s, _) = call(&app, reqwest::Method::GET, "/api/v1/keys", secret, None).await;
     assert_eq!(s, StatusCode::OK);
-    let out = run_signet(&app.db.env(), &["token", "create", "x", "--scope", "root"]);
+    let out = run_signet(&app.db.env(), &["token", "create", "x", "--scope", "root"]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scope"));
 }

@@ -162,12 +162,12 @@ pub fn signet_command(env: &[(String, String)]) -> std::process::Command {
     cmd
 }
 
-/// Runs `signet ARGS...` to completion.
-pub fn run_signet(env: &[(String, String)], args: &[&str]) -> std::process::Output {
-    signet_command(env)
-        .args(args)
-        .output()
-        .expect("signet runs")
+/// Runs `signet ARGS...` to completion. Async, so a server running in the test's own
+/// (single-threaded) runtime keeps being served meanwhile: a blocking wait would stall
+/// its transactions and make the CLI wait on locks the server cannot release.
+pub async fn run_signet(env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::from(signet_command(env));
+    cmd.args(args).output().await.expect("signet runs")
 }
 
 /// A running server and a client for it.

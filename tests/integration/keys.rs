@@ -395,9 +395,8 @@ async fn reencrypt_moves_every_key_to_the_active_kek() {
         e.push(("SIGNET_ENC_KEY_ACTIVE".into(), active.into()));
         e
     };
-    let signet = |env: Vec<(String, String)>, args: &[&str]| run_signet(&env, args);
     // Keys created under k1.
-    let out = signet(env(K1, "k1"), &["keys"]);
+    let out = run_signet(&env(K1, "k1"), &["keys"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -405,14 +404,14 @@ async fn reencrypt_moves_every_key_to_the_active_kek() {
     );
     // k2 becomes active: old rows still open with k1, and reencrypt moves them all.
     let both = format!("{K1},{K2}");
-    let out = signet(env(&both, "k2"), &["reencrypt"]);
+    let out = run_signet(&env(&both, "k2"), &["reencrypt"]).await;
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("4 key(s) re-encrypted"));
-    let out = signet(env(&both, "k2"), &["reencrypt"]);
+    let out = run_signet(&env(&both, "k2"), &["reencrypt"]).await;
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("0 key(s)"),
         "idempotent"
@@ -491,7 +490,7 @@ async fn cli_changes_reach_the_running_server_within_a_second() {
         let app = spawn_app(backend).await;
         let before = kids_of(&jwks(&app).await);
         // `keys --json` prints the same shape as GET /api/v1/keys.
-        let out = run_signet(&app.db.env(), &["keys", "--json"]);
+        let out = run_signet(&app.db.env(), &["keys", "--json"]).await;
         let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let listed_kids: BTreeSet<String> = listed["keys"]
             .as_array()
@@ -501,7 +500,7 @@ async fn cli_changes_reach_the_running_server_within_a_second() {
             .collect();
         assert_eq!(listed_kids, before, "{backend:?}");
         assert!(listed["keys"][0]["jwk"]["kty"].is_string());
-        let out = run_signet(&app.db.env(), &["rotate", "--alg", "EdDSA"]);
+        let out = run_signet(&app.db.env(), &["rotate", "--alg", "EdDSA"]).await;
         assert!(
             out.status.success(),
             "{}",
@@ -537,8 +536,7 @@ async fn audit_verify_finds_edited_and_deleted_rows() {
                 .unwrap();
         }
         let env = app.db.env();
-        let verify = || run_signet(&env, &["audit", "verify"]);
-        let out = verify();
+        let out = run_signet(&env, &["audit", "verify"]).await;
         assert!(
             out.status.success(),
             "{}",
@@ -555,7 +553,7 @@ async fn audit_verify_finds_edited_and_deleted_rows() {
             .execute("UPDATE audit_events SET actor = 'mallory' WHERE id = 2")
             .await
             .unwrap();
-        let out = verify();
+        let out = run_signet(&env, &["audit", "verify"]).await;
         assert!(!out.status.success());
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("event 2 was altered"),
@@ -567,7 +565,7 @@ async fn audit_verify_finds_edited_and_deleted_rows() {
             .execute("DELETE FROM audit_events WHERE id = 2")
             .await
             .unwrap();
-        let out = verify();
+        let out = run_signet(&env, &["audit", "verify"]).await;
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("event 3 does not follow"),
             "{}",

@@ -271,7 +271,7 @@ async fn two_instances_rotate_each_slot_once(backend: Backend) {
     let db = TestDb::new(backend).await;
     let env = env_with(&db, "0 30 3 1 * * *");
     if backend == Backend::Postgres {
-        let out = run_signet(&env, &["migrate"]);
+        let out = run_signet(&env, &["migrate"]).await;
         assert!(out.status.success(), "{out:?}");
     }
     let dir = db.data_dir.path().to_path_buf();
@@ -280,7 +280,7 @@ async fn two_instances_rotate_each_slot_once(backend: Backend) {
     let storage = open_storage(&db).await;
 
     // The schedule changes through the CLI, a third process; both servers follow.
-    let out = run_signet(&env, &["schedule", "set", "* * * * * * *"]);
+    let out = run_signet(&env, &["schedule", "set", "* * * * * * *"]).await;
     assert!(out.status.success(), "{out:?}");
     let changed = Utc::now();
     let per_second_since = storage.get_schedule().await.unwrap().unwrap().cron_since;
@@ -315,7 +315,7 @@ async fn two_instances_rotate_each_slot_once(backend: Backend) {
     }
     // Back to monthly through the CLI again; once the last slot stops moving, the
     // counters are final.
-    let out = run_signet(&env, &["schedule", "set", "0 30 3 1 * * *"]);
+    let out = run_signet(&env, &["schedule", "set", "0 30 3 1 * * *"]).await;
     assert!(out.status.success(), "{out:?}");
     let mut last = storage.last_slot("rotation").await.unwrap();
     loop {
@@ -430,7 +430,7 @@ async fn a_restart_across_slots_catches_up_once(backend: Backend) {
     let db = TestDb::new(backend).await;
     let env = env_with(&db, &format!("*/{STEP} * * * * * *"));
     if backend == Backend::Postgres {
-        assert!(run_signet(&env, &["migrate"]).status.success());
+        assert!(run_signet(&env, &["migrate"]).await.status.success());
     }
     let dir = db.data_dir.path().to_path_buf();
     let storage = open_storage(&db).await;
@@ -551,9 +551,9 @@ async fn the_schedule_cli_shows_and_refuses_bad_input_without_change() {
         let db = TestDb::new(backend).await;
         let env = db.env();
         if backend == Backend::Postgres {
-            assert!(run_signet(&env, &["migrate"]).status.success());
+            assert!(run_signet(&env, &["migrate"]).await.status.success());
         }
-        let shown = run_signet(&env, &["schedule"]);
+        let shown = run_signet(&env, &["schedule"]).await;
         assert!(shown.status.success(), "{shown:?}");
         let text = String::from_utf8_lossy(&shown.stdout);
         assert!(text.contains("cron:      0 30 3 1 * * *"), "{text}");
@@ -566,7 +566,7 @@ async fn the_schedule_cli_shows_and_refuses_bad_input_without_change() {
             vec!["schedule", "set", "0 0 0 1 1 * 2020"],
             vec!["schedule", "set", "* * * * * * *", "--retention", "10m"],
         ] {
-            let out = run_signet(&env, &bad);
+            let out = run_signet(&env, &bad).await;
             assert_eq!(out.status.code(), Some(1), "{bad:?}: {out:?}");
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(err.starts_with("signet: "), "{err}");
@@ -598,7 +598,8 @@ async fn the_schedule_cli_shows_and_refuses_bad_input_without_change() {
                 "--retention",
                 "2w",
             ],
-        );
+        )
+        .await;
         assert!(out.status.success(), "{out:?}");
         let changes = storage
             .list_events(&EventQuery {
@@ -780,7 +781,7 @@ async fn housekeeping_prunes_old_events_and_the_chain_still_verifies() {
         assert_eq!(events[0].id, old + 1);
         // The CLI's verification accepts the cut the record names.
         let env = app.db.env();
-        let out = run_signet(&env, &["audit", "verify"]);
+        let out = run_signet(&env, &["audit", "verify"]).await;
         assert!(out.status.success(), "{out:?}");
 
         // 100 days from now, everything written so far is older than the retention:
@@ -821,7 +822,7 @@ async fn housekeeping_prunes_old_events_and_the_chain_still_verifies() {
             .execute(&format!("DELETE FROM audit_events WHERE id = {first}"))
             .await
             .unwrap();
-        let out = run_signet(&env, &["audit", "verify"]);
+        let out = run_signet(&env, &["audit", "verify"]).await;
         assert!(!out.status.success(), "{out:?}");
         assert!(
             String::from_utf8_lossy(&out.stderr).contains(&format!("event {second} ")),
@@ -1003,7 +1004,7 @@ async fn pruning_refuses_to_delete_across_a_broken_chain() {
             after, before,
             "{backend:?}: nothing deleted, nothing recorded"
         );
-        let out = run_signet(&app.db.env(), &["audit", "verify"]);
+        let out = run_signet(&app.db.env(), &["audit", "verify"]).await;
         assert!(!out.status.success());
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("event 2 was altered"),

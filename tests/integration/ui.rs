@@ -171,7 +171,7 @@ async fn the_live_tail_streams_events_made_elsewhere() {
 
         // An event of another kind is filtered out; a rotation by the CLI comes through.
         seed_events(&app, 1).await;
-        let out = crate::helpers::run_signet(&app.db.env(), &["rotate", "--alg", "EdDSA"]);
+        let out = crate::helpers::run_signet(&app.db.env(), &["rotate", "--alg", "EdDSA"]).await;
         assert!(
             out.status.success(),
             "{}",
