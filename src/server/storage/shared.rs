@@ -216,6 +216,21 @@ macro_rules! storage_impl {
                 Ok(())
             }
 
+            /// Bumps the key version inside `tx` and, where the backend can, tells the
+            /// other instances (delivered at commit), so they reload their keys.
+            async fn keys_changed_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+            ) -> Result<(), StorageError> {
+                sqlx::query("UPDATE key_version SET version = version + 1 WHERE id = 1")
+                    .execute(&mut **tx)
+                    .await?;
+                let notify: &str = $notify;
+                if !notify.is_empty() {
+                    sqlx::query(notify).execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
             /// Moves a job's claimed slot forward to `claim.slot`, inside `tx`. `false`
             /// (and nothing written) when that slot or a later one is already claimed.
             /// On PostgreSQL the upsert locks the job's row, so a competing claim waits
@@ -362,13 +377,7 @@ macro_rules! storage_impl {
                     // rotated first.
                     .map_err(super::shared::unique_is_conflict)?;
                 }
-                sqlx::query("UPDATE key_version SET version = version + 1 WHERE id = 1")
-                    .execute(&mut *tx)
-                    .await?;
-                let notify: &str = $notify;
-                if !notify.is_empty() {
-                    sqlx::query(notify).execute(&mut *tx).await?;
-                }
+                Self::keys_changed_tx(&mut tx).await?;
                 for event in &change.events {
                     Self::append_event_tx(&mut tx, event, change.now).await?;
                 }
@@ -941,13 +950,7 @@ macro_rules! storage_impl {
                     return Ok(kids);
                 }
                 kids.sort();
-                sqlx::query("UPDATE key_version SET version = version + 1 WHERE id = 1")
-                    .execute(&mut *tx)
-                    .await?;
-                let notify: &str = $notify;
-                if !notify.is_empty() {
-                    sqlx::query(notify).execute(&mut *tx).await?;
-                }
+                Self::keys_changed_tx(&mut tx).await?;
                 let mut event = event.clone();
                 event.kids = kids.clone();
                 Self::append_event_tx(&mut tx, &event, now).await?;
