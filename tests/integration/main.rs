@@ -5,11 +5,14 @@
 
 mod admin;
 mod api;
+mod badinput;
 mod cli;
+mod crash;
 mod health;
 mod helpers;
 mod interop;
 mod keys;
 mod migrations;
+mod outage;
 mod scheduler;
 mod ui;
