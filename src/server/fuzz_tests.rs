@@ -249,8 +249,11 @@ fn token_text() -> impl Strategy<Value = String> {
         }),
         valid.prop_map(|t| format!("{t}.{t}")),
         // Base64 of arbitrary JSON-ish text in each part.
-        (".{0,60}", ".{0,60}", "[A-Za-z0-9_-]{0,90}")
-            .prop_map(|(h, c, s)| format!("{}.{}.{s}", B64.encode(h), B64.encode(c))),
+        (".{0,60}", ".{0,60}", "[A-Za-z0-9_-]{0,90}").prop_map(|(h, c, s)| format!(
+            "{}.{}.{s}",
+            B64.encode(h),
+            B64.encode(c)
+        )),
         // Raw junk.
         ".{0,200}",
         "[A-Za-z0-9_.=+/-]{0,300}",

@@ -146,7 +146,11 @@ async fn crash_suite(backend: Backend) {
     let log = db.data_dir.path().join("serve.log");
     if backend == Backend::Postgres {
         let out = run_signet(&env, &["migrate"]).await;
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     // The first start (data directory, KEK file, first keys) runs to completion.
@@ -351,7 +355,9 @@ async fn sign_tokens(
         let res = http
             .post(format!("{url}/api/v1/sign"))
             .bearer_auth(&secret)
-            .json(&json!({ "claims": { "sub": format!("crash-{n}") }, "alg": alg, "ttl": TOKEN_TTL }))
+            .json(
+                &json!({ "claims": { "sub": format!("crash-{n}") }, "alg": alg, "ttl": TOKEN_TTL }),
+            )
             .send()
             .await;
         let Ok(res) = res else { continue };
@@ -412,7 +418,12 @@ impl Run {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(ready, StatusCode::OK, "not ready after restart\n{}", self.log_tail());
+        assert_eq!(
+            ready,
+            StatusCode::OK,
+            "not ready after restart\n{}",
+            self.log_tail()
+        );
 
         let (status, body) = self.get(&format!("{url}/api/v1/keys")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -473,7 +484,10 @@ impl Run {
         let mut published = BTreeMap::new();
         for jwk in jwks["keys"].as_array().unwrap() {
             for private in ["d", "p", "q", "dp", "dq", "qi", "k"] {
-                assert!(jwk.get(private).is_none(), "private {private} in JWKS: {jwk}");
+                assert!(
+                    jwk.get(private).is_none(),
+                    "private {private} in JWKS: {jwk}"
+                );
             }
             let kid = jwk["kid"].as_str().unwrap().to_string();
             assert!(
@@ -491,7 +505,10 @@ impl Run {
             expected.keys().collect::<Vec<_>>(),
             "JWKS kids differ from next+active+rotated"
         );
-        assert_eq!(published, expected, "JWKS entries differ from the keys' public JWKs");
+        assert_eq!(
+            published, expected,
+            "JWKS entries differ from the keys' public JWKs"
+        );
 
         // Invariant 6: every state change has its event, naming the kid.
         let events = self.all_events(url).await;
@@ -526,7 +543,10 @@ impl Run {
             );
             let has = |k: &str| kinds.contains(&k);
             match state {
-                St::Revoked => assert!(has("keys.revoked"), "{kid} revoked without an event: {kinds:?}"),
+                St::Revoked => assert!(
+                    has("keys.revoked"),
+                    "{kid} revoked without an event: {kinds:?}"
+                ),
                 St::Expired => assert!(
                     has("keys.expired") || has("keys.expired_early"),
                     "{kid} expired without an event: {kinds:?}"

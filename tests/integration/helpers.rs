@@ -123,7 +123,9 @@ impl TestDb {
         let mut out = std::collections::BTreeMap::new();
         for table in tables {
             let rows: Vec<String> = if self.pg_name.is_some() {
-                let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect");
+                let mut c = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
                 sqlx::query(&format!("SELECT t::text FROM {table} t ORDER BY 1"))
                     .fetch_all(&mut c)
                     .await

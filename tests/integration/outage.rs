@@ -8,9 +8,7 @@
 //! The PostgreSQL server is the test's own (`PgServer`): stopping it cannot disturb the
 //! other tests on the machine's shared cluster.
 
-use crate::helpers::{
-    Backend, PgServer, TestDb, api_token, signed_in, spawn_app_on,
-};
+use crate::helpers::{Backend, PgServer, TestDb, api_token, signed_in, spawn_app_on};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use signet::domain::Role;
@@ -31,21 +29,33 @@ async fn postgres_outage_gives_clear_503s_and_recovers_without_restart() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let ops = api_token(&app, "ops", &["keys:read", "keys:write", "sign", "audit:read"]).await;
+    let ops = api_token(
+        &app,
+        "ops",
+        &["keys:read", "keys:write", "sign", "audit:read"],
+    )
+    .await;
     // Never used before the outage, so nothing about it can be in memory.
     let cold = api_token(&app, "cold", &["keys:read", "keys:write"]).await;
     let mut ui = signed_in(&app, "ops@example.com", Role::Admin).await;
 
     let post = |path: &str, token: &str, body: Value| {
-        http.post(app.at(path)).bearer_auth(token).json(&body).send()
+        http.post(app.at(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
     };
     // Used just before the outage: /sign and /verify may keep working from memory.
-    let signed: Value = post("/api/v1/sign", &ops, json!({ "claims": { "sub": "before" } }))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let signed: Value = post(
+        "/api/v1/sign",
+        &ops,
+        json!({ "claims": { "sub": "before" } }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     let before_token = signed["token"].as_str().unwrap().to_string();
     let next_kid = app
         .state
@@ -81,7 +91,11 @@ async fn postgres_outage_gives_clear_503s_and_recovers_without_restart() {
             .await
             .unwrap();
         assert_eq!(jwks.status(), StatusCode::OK, "JWKS during the outage");
-        assert_eq!(jwks.bytes().await.unwrap(), jwks_before, "JWKS bytes changed");
+        assert_eq!(
+            jwks.bytes().await.unwrap(),
+            jwks_before,
+            "JWKS bytes changed"
+        );
         jwks_answers += 1;
 
         let live = http.get(app.at("/health/live")).send().await.unwrap();
@@ -114,8 +128,18 @@ async fn postgres_outage_gives_clear_503s_and_recovers_without_restart() {
 
         // Admin actions through the API: the clear 503, with a warm token and a cold one.
         let calls: Vec<(reqwest::Method, String, &str, Option<Value>)> = vec![
-            (reqwest::Method::POST, "/api/v1/keys/rotate".into(), &ops, Some(json!({}))),
-            (reqwest::Method::POST, "/api/v1/keys/rotate".into(), &cold, Some(json!({}))),
+            (
+                reqwest::Method::POST,
+                "/api/v1/keys/rotate".into(),
+                &ops,
+                Some(json!({})),
+            ),
+            (
+                reqwest::Method::POST,
+                "/api/v1/keys/rotate".into(),
+                &cold,
+                Some(json!({})),
+            ),
             (
                 reqwest::Method::POST,
                 format!("/api/v1/keys/{next_kid}/revoke"),
@@ -157,10 +181,18 @@ async fn postgres_outage_gives_clear_503s_and_recovers_without_restart() {
         for (name, body) in [
             ("rotate_keys", "alg=".to_string()),
             ("revoke_key", format!("kid={next_kid}&reason=outage")),
-            ("save_schedule", "expression=0+0+4+*+*+*+*&retention=40d".to_string()),
+            (
+                "save_schedule",
+                "expression=0+0+4+*+*+*+*&retention=40d".to_string(),
+            ),
         ] {
             let a = ui.call(name, &body).await;
-            assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "UI {name}: {}", a.body);
+            assert_eq!(
+                a.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UI {name}: {}",
+                a.body
+            );
             assert!(
                 a.body.to_lowercase().contains(UNAVAILABLE),
                 "UI {name} does not say it: {}",
@@ -170,9 +202,13 @@ async fn postgres_outage_gives_clear_503s_and_recovers_without_restart() {
         }
 
         // A token authenticated within the last minute still signs and verifies.
-        let s = post("/api/v1/sign", &ops, json!({ "claims": { "sub": "during" } }))
-            .await
-            .unwrap();
+        let s = post(
+            "/api/v1/sign",
+            &ops,
+            json!({ "claims": { "sub": "during" } }),
+        )
+        .await
+        .unwrap();
         assert_eq!(s.status(), StatusCode::OK, "sign during the outage");
         signed_during += 1;
         let v: Value = post("/api/v1/verify", &ops, json!({ "token": before_token }))
@@ -208,7 +244,12 @@ async fn postgres_outage_gives_clear_503s_and_recovers_without_restart() {
 
     // Changes work again, from the API and the UI, and the JWKS follows them.
     let rotated = post("/api/v1/keys/rotate", &ops, json!({})).await.unwrap();
-    assert_eq!(rotated.status(), StatusCode::OK, "{}", rotated.text().await.unwrap());
+    assert_eq!(
+        rotated.status(),
+        StatusCode::OK,
+        "{}",
+        rotated.text().await.unwrap()
+    );
     let answer = ui.call("rotate_keys", "alg=").await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     let cold_keys = http
