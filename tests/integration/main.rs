@@ -12,4 +12,5 @@ mod interop;
 mod keys;
 mod migrations;
 mod scheduler;
+mod trust;
 mod ui;
