@@ -1,8 +1,11 @@
 //! `GET /health/live` and `GET /health/ready`.
 //!
 //! Liveness says the process answers HTTP at all. Readiness says this instance can do its
-//! job: its database answers, and every enabled algorithm has an active key loaded (so
-//! the JWKS is built and tokens can be signed). A load balancer takes an instance out of rotation on 503.
+//! job: its database answers, its keys in memory are not behind the database's for more
+//! than [`MAX_LAG`], and every enabled algorithm has an active key it can sign with. A
+//! load balancer takes an instance out of rotation on 503. The reasons are short
+//! sentences for anyone to read: a missing KEK by its id, never a driver error, a file
+//! path or a host name.
 
 use crate::server::keys::MAX_LAG;
 use crate::server::state::AppState;

@@ -7,7 +7,9 @@
 //! re-reads the keys and plans again.
 //!
 //! The service also keeps a [`KeySnapshot`] in memory: the published JWKS as precomputed
-//! bytes with an ETag, and a parsed signer per active key.
+//! bytes with an ETag, and a parsed signer per active key. The snapshot is built from
+//! public metadata, so it follows the database even where a private key cannot be opened;
+//! only signing needs the private halves, and it refuses rather than use a stale key.
 
 use crate::domain::audit::{Level, Trigger, kind};
 use crate::domain::lifecycle::{self, PlanError, Policy};
