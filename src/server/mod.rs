@@ -26,3 +26,6 @@ pub mod wellknown;
 pub use config::Config;
 pub use startup::{Application, ServeOptions};
 pub use state::AppState;
+
+#[cfg(test)]
+mod fuzz_tests;

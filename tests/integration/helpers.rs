@@ -29,10 +29,17 @@ pub struct TestDb {
     pub url: String,
     pub data_dir: TempDir,
     pg_name: Option<String>,
+    /// The PostgreSQL server's admin URL the database was created on.
+    pg_admin: String,
 }
 
 impl TestDb {
     pub async fn new(backend: Backend) -> Self {
+        Self::new_on(backend, &pg_admin_url()).await
+    }
+
+    /// A database of its own on the PostgreSQL server at `pg_admin` (for SQLite, as `new`).
+    pub async fn new_on(backend: Backend, pg_admin: &str) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
         match backend {
             Backend::Sqlite => {
@@ -42,6 +49,7 @@ impl TestDb {
                     url: format!("sqlite://{}", file.display()),
                     data_dir,
                     pg_name: None,
+                    pg_admin: pg_admin.to_string(),
                 }
             }
             Backend::Postgres => {
@@ -52,19 +60,20 @@ impl TestDb {
                     COUNTER.fetch_add(1, Ordering::Relaxed),
                     rand_suffix()
                 );
-                let mut admin = sqlx::PgConnection::connect(&pg_admin_url())
+                let mut admin = sqlx::PgConnection::connect(pg_admin)
                     .await
                     .expect("PostgreSQL must be reachable for the PostgreSQL tests (PG_TEST_URL)");
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&mut admin)
                     .await
                     .expect("create test database");
-                let mut url = url::Url::parse(&pg_admin_url()).expect("PG_TEST_URL is a URL");
+                let mut url = url::Url::parse(pg_admin).expect("PG_TEST_URL is a URL");
                 url.set_path(&name);
                 Self {
                     url: url.to_string(),
                     data_dir,
                     pg_name: Some(name),
+                    pg_admin: pg_admin.to_string(),
                 }
             }
         }
@@ -104,6 +113,54 @@ impl TestDb {
         }
     }
 
+    /// Every row of these tables as text, in a stable order: to show that a request
+    /// changed nothing.
+    pub async fn dump_tables(
+        &self,
+        tables: &[&str],
+    ) -> std::collections::BTreeMap<String, Vec<String>> {
+        use sqlx::Row as _;
+        let mut out = std::collections::BTreeMap::new();
+        for table in tables {
+            let rows: Vec<String> = if self.pg_name.is_some() {
+                let mut c = sqlx::PgConnection::connect(&self.url).await.expect("connect");
+                sqlx::query(&format!("SELECT t::text FROM {table} t ORDER BY 1"))
+                    .fetch_all(&mut c)
+                    .await
+                    .expect("dump table")
+                    .iter()
+                    .map(|r| r.get::<String, _>(0))
+                    .collect()
+            } else {
+                let mut c = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                let columns: Vec<String> =
+                    sqlx::query(&format!("SELECT name FROM pragma_table_info('{table}')"))
+                        .fetch_all(&mut c)
+                        .await
+                        .expect("columns")
+                        .iter()
+                        .map(|r| r.get::<String, _>(0))
+                        .collect();
+                let row = columns
+                    .iter()
+                    .map(|c| format!("quote(\"{c}\")"))
+                    .collect::<Vec<_>>()
+                    .join(" || '|' || ");
+                sqlx::query(&format!("SELECT {row} FROM {table} ORDER BY 1"))
+                    .fetch_all(&mut c)
+                    .await
+                    .expect("dump table")
+                    .iter()
+                    .map(|r| r.get::<String, _>(0))
+                    .collect()
+            };
+            out.insert(table.to_string(), rows);
+        }
+        out
+    }
+
     pub fn is_postgres(&self) -> bool {
         self.pg_name.is_some()
     }
@@ -111,7 +168,7 @@ impl TestDb {
     /// Drops the PostgreSQL database now, killing its connections: the database "goes away".
     pub async fn drop_now(&self) {
         if let Some(name) = &self.pg_name {
-            drop_pg_database(name).await;
+            drop_pg_database(&self.pg_admin, name).await;
         }
     }
 }
@@ -119,6 +176,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some(name) = self.pg_name.take() {
+            let admin = std::mem::take(&mut self.pg_admin);
             // Drop runs outside any async context we could borrow, so use a thread with its
             // own small runtime.
             let _ = std::thread::spawn(move || {
@@ -126,15 +184,15 @@ impl Drop for TestDb {
                     .enable_all()
                     .build()
                     .expect("runtime");
-                rt.block_on(drop_pg_database(&name));
+                rt.block_on(drop_pg_database(&admin, &name));
             })
             .join();
         }
     }
 }
 
-async fn drop_pg_database(name: &str) {
-    if let Ok(mut admin) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+async fn drop_pg_database(admin_url: &str, name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             .execute(&mut admin)
             .await;
@@ -210,6 +268,7 @@ impl TestApp {
             url: String::new(),
             data_dir: tempfile::tempdir().expect("temp dir"),
             pg_name: None,
+            pg_admin: String::new(),
         };
         std::mem::replace(&mut self.db, placeholder)
     }
@@ -411,4 +470,238 @@ pub async fn signed_in(app: &TestApp, email: &str, role: signet::domain::Role) -
     assert_eq!(answer.status, 200, "sign-in failed: {}", answer.body);
     assert!(ui.cookie.is_some(), "sign-in set no session cookie");
     ui
+}
+
+/// A `signet serve` process of the real binary, killed when dropped.
+pub struct ServeProcess {
+    pub url: String,
+    child: tokio::process::Child,
+}
+
+impl ServeProcess {
+    /// Spawns `signet serve ARGS...` without waiting for it: for kills during startup.
+    pub fn spawn(
+        env: &[(String, String)],
+        args: &[&str],
+        stderr: std::fs::File,
+    ) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::from(signet_command(env));
+        cmd.arg("serve")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true);
+        cmd.spawn().expect("spawn signet serve")
+    }
+
+    /// Starts `signet serve ARGS...` and waits for the line with its URL (stderr goes to
+    /// the given file, so a failure can show the server's log).
+    pub async fn start(env: &[(String, String)], args: &[&str], stderr: std::fs::File) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = Self::spawn(env, args, stderr);
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("signet serve printed its URL within 30 s")
+            .expect("read stdout");
+        let Some(line) = first else {
+            let status = child.wait().await;
+            panic!("signet serve exited before printing its URL: {status:?}");
+        };
+        let url = line
+            .trim()
+            .strip_prefix("Signet is running at ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        // Keep reading, so the rest of the banner never meets a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { url, child }
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    pub async fn sigkill(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("reap signet serve");
+    }
+}
+
+/// Creates an API token with the real CLI and returns its secret.
+pub async fn cli_token(env: &[(String, String)], name: &str, scopes: &[&str]) -> String {
+    let mut args = vec!["token", "create", name];
+    for s in scopes {
+        args.push("--scope");
+        args.push(s);
+    }
+    let out = run_signet(env, &args).await;
+    assert!(
+        out.status.success(),
+        "token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A PostgreSQL server of a test's own (never the machine's shared cluster): `initdb` in a
+/// temporary directory, on a free loopback port, started and stopped with `pg_ctl` from
+/// Debian's packages. initdb and postgres refuse to run as root, so as root they run as
+/// the `postgres` OS user (the directory is theirs); otherwise as the current user.
+pub struct PgServer {
+    dir: TempDir,
+    bin: std::path::PathBuf,
+    pub port: u16,
+    as_postgres: bool,
+}
+
+impl PgServer {
+    /// Creates the cluster and starts it.
+    pub fn start_new() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server packages in /usr/lib/postgresql")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
+            .max_by_key(|b| {
+                b.parent()
+                    .and_then(|v| v.file_name())
+                    .and_then(|v| v.to_str())
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0)
+            })
+            .expect("initdb and pg_ctl under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let as_postgres = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if as_postgres {
+            let ok = std::process::Command::new("chown")
+                .arg("postgres:")
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(ok.success(), "chown the cluster directory to postgres");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let server = Self {
+            dir,
+            bin,
+            port,
+            as_postgres,
+        };
+        let data = server.data_dir();
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        server.start();
+        server
+    }
+
+    fn data_dir(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let program = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            std::process::Command::new(&program)
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("postgres.log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data_dir(),
+                "-l",
+                &log,
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server at once, as a crash or a pulled cable would.
+    pub fn stop_immediate(&self) {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data_dir(), "-m", "immediate", "-w", "stop"],
+        );
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let program = self.bin.join("pg_ctl");
+        let data = self.data_dir();
+        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
+        let _ = if self.as_postgres {
+            std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&program)
+                .args(args)
+                .output()
+        } else {
+            std::process::Command::new(&program).args(args).output()
+        };
+    }
+}
+
+/// Creates an API token with these scopes through the same code the CLI uses.
+pub async fn api_token(app: &TestApp, name: &str, scopes: &[&str]) -> String {
+    let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+    signet::server::tokens::create(
+        app.state.storage.as_ref(),
+        name,
+        &scopes,
+        &signet::server::keys::Actor::cli(),
+    )
+    .await
+    .expect("token created")
 }

@@ -5,12 +5,15 @@
 
 mod admin;
 mod api;
+mod badinput;
 mod cli;
+mod crash;
 mod health;
 mod helpers;
 mod interop;
 mod keys;
 mod migrations;
+mod outage;
 mod scheduler;
 mod trust;
 mod ui;
