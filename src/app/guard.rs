@@ -63,13 +63,48 @@ mod server {
         ServerFnError::ServerError(message.into())
     }
 
-    /// An internal failure: logged with its cause, reported without it.
-    pub fn internal(e: impl std::fmt::Display) -> ServerFnError {
+    /// An internal failure: logged with its cause, reported without it. A database that
+    /// cannot be reached is an outage, not a fault: 503 and a sentence saying so.
+    pub fn internal<E: std::fmt::Display + 'static>(e: E) -> ServerFnError {
+        if unavailable(&e) {
+            tracing::warn!(error = %e, "server function: database unavailable");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                sentence(crate::server::storage::UNAVAILABLE_MESSAGE),
+            );
+        }
         tracing::error!(error = %e, "server function failed");
         refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Internal error; the server log has the details.",
         )
+    }
+
+    /// Whether an error any server function may meet comes from an unreachable database.
+    fn unavailable(e: &dyn std::any::Any) -> bool {
+        use crate::server::auth::AuthError;
+        use crate::server::keys::{KeyError, ScheduleError};
+        use crate::server::storage::StorageError;
+        use crate::server::tokens::TokenError;
+        let storage = e
+            .downcast_ref::<StorageError>()
+            .or_else(|| match e.downcast_ref::<KeyError>() {
+                Some(KeyError::Storage(s)) => Some(s),
+                _ => None,
+            })
+            .or_else(|| match e.downcast_ref::<ScheduleError>() {
+                Some(ScheduleError::Storage(s)) => Some(s),
+                _ => None,
+            })
+            .or_else(|| match e.downcast_ref::<AuthError>() {
+                Some(AuthError::Storage(s)) => Some(s),
+                _ => None,
+            })
+            .or_else(|| match e.downcast_ref::<TokenError>() {
+                Some(TokenError::Storage(s)) => Some(s),
+                _ => None,
+            });
+        storage.is_some_and(StorageError::is_unavailable)
     }
 
     fn denied(d: Denied) -> ServerFnError {

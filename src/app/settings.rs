@@ -159,6 +159,7 @@ pub async fn revoke_token(id: String) -> Result<(), ServerFnError> {
         crate::server::tokens::revoke(caller.state.storage.as_ref(), &id, &caller.actor())
             .await
             .map_err(internal)?;
+    caller.state.recent_tokens.forget(&id);
     if revoked {
         Ok(())
     } else {

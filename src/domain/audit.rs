@@ -78,6 +78,8 @@ pub mod kind {
     pub const KEYS_REENCRYPTED: &str = "keys.reencrypted";
     /// Records of revoked or expired keys deleted beyond the cap (metadata only).
     pub const KEYS_PRUNED: &str = "keys.pruned";
+    /// More rotated keys published than the cap, because tokens they signed are valid.
+    pub const KEYS_OVER_CAP: &str = "keys.over_cap";
     pub const SCHEDULE_CHANGED: &str = "schedule.changed";
     pub const TOKEN_CREATED: &str = "token.created";
     pub const TOKEN_REVOKED: &str = "token.revoked";
@@ -93,7 +95,7 @@ pub mod kind {
     pub const AUDIT_PRUNED: &str = "audit.pruned";
 
     /// Every kind, for the events page's filter.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         KEYS_CREATED,
         KEYS_ROTATED,
         KEYS_REVOKED,
@@ -101,6 +103,7 @@ pub mod kind {
         KEYS_EXPIRED_EARLY,
         KEYS_REENCRYPTED,
         KEYS_PRUNED,
+        KEYS_OVER_CAP,
         SCHEDULE_CHANGED,
         TOKEN_CREATED,
         TOKEN_REVOKED,

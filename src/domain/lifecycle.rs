@@ -138,8 +138,13 @@ impl KeyInfo {
 pub struct Policy {
     /// How long a rotated key stays published.
     pub retention: Retention,
-    /// At most this many rotated keys per algorithm are published; older ones expire early.
+    /// At most this many rotated keys per algorithm are published; older ones expire early,
+    /// but only once [`Policy::min_publication`] has passed (invariant 4 wins).
     pub max_rotated: usize,
+    /// The shortest time a key stays published after its rotation, whatever the cap: the
+    /// maximum token lifetime plus a margin for instances that had not reloaded yet and
+    /// for verifiers' clock leeway. Every token the key signed has expired by then.
+    pub min_publication: Duration,
 }
 
 impl Default for Policy {
@@ -147,7 +152,36 @@ impl Default for Policy {
         Self {
             retention: Retention::default(),
             max_rotated: 8,
+            min_publication: Duration::hours(1) + Duration::seconds(PROPAGATION_MARGIN_SECS),
         }
+    }
+}
+
+/// Added to the maximum token lifetime for [`Policy::min_publication`]: covers an instance
+/// that signed with a key for a moment after another one rotated it, the `exp` record's
+/// granularity, and verifiers' clock leeway.
+pub const PROPAGATION_MARGIN_SECS: i64 = 300;
+
+impl Policy {
+    /// The policy for a maximum token lifetime of `max_token_ttl`.
+    pub fn new(retention: Retention, max_token_ttl: Retention) -> Self {
+        Self {
+            retention,
+            min_publication: Duration::seconds(
+                i64::try_from(max_token_ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            ) + Duration::seconds(PROPAGATION_MARGIN_SECS),
+            ..Self::default()
+        }
+    }
+
+    /// The earliest moment a rotated key may leave the JWKS: no token it signed can still
+    /// be valid before then (invariant 4). `None` for a key that has not been rotated.
+    pub fn earliest_unpublish(&self, key: &KeyInfo) -> Option<DateTime<Utc>> {
+        let floor = key.rotated_at? + self.min_publication;
+        Some(match key.last_token_exp {
+            Some(exp) if exp > floor => exp,
+            _ => floor,
+        })
     }
 }
 
@@ -170,6 +204,9 @@ pub struct Plan {
     pub transitions: Vec<Transition>,
     /// Fresh keys to generate, in this order, each entering the given state.
     pub generate: Vec<(Algorithm, KeyState)>,
+    /// Algorithms left with more published rotated keys than the cap, and how many,
+    /// because tokens signed under the oldest may still be valid (worth a warning).
+    pub over_cap: Vec<(Algorithm, usize)>,
 }
 
 impl Plan {
@@ -177,9 +214,10 @@ impl Plan {
         self.transitions.is_empty() && self.generate.is_empty()
     }
 
-    fn merge(&mut self, other: Plan) {
+    pub fn merge(&mut self, other: Plan) {
         self.transitions.extend(other.transitions);
         self.generate.extend(other.generate);
+        self.over_cap.extend(other.over_cap);
     }
 }
 
@@ -220,17 +258,26 @@ fn active_and_next(keys: &[KeyInfo], alg: Algorithm) -> Result<(&KeyInfo, &KeyIn
 }
 
 /// When a key rotated at `now` stops being published: after the retention, or later if a
-/// token it signed is still valid then (invariant 4 holds even if the policy changed).
+/// token it signed may still be valid then (invariant 4 holds even if the policy changed).
 pub fn publication_end(
     now: DateTime<Utc>,
-    retention: Retention,
+    policy: Policy,
     last_token_exp: Option<DateTime<Utc>>,
 ) -> DateTime<Utc> {
-    let by_retention = now + Duration::seconds(retention.as_secs() as i64);
-    match last_token_exp {
-        Some(exp) if exp > by_retention => exp,
-        _ => by_retention,
-    }
+    let by_retention = now + Duration::seconds(retention_secs(policy.retention));
+    [
+        Some(by_retention),
+        Some(now + policy.min_publication),
+        last_token_exp,
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(by_retention)
+}
+
+fn retention_secs(r: Retention) -> i64 {
+    i64::try_from(r.as_secs()).unwrap_or(i64::MAX / 2)
 }
 
 /// Generates the keys an enabled algorithm lacks (first start, or an algorithm enabled
@@ -271,17 +318,14 @@ pub fn plan_rotate(
                 alg,
                 from: KeyState::Active,
                 to: KeyState::Rotated,
-                expires_at: Some(publication_end(
-                    now,
-                    policy.retention,
-                    active.last_token_exp,
-                )),
+                expires_at: Some(publication_end(now, policy, active.last_token_exp)),
                 early: false,
             },
         ],
         generate: vec![(alg, KeyState::Next)],
+        over_cap: Vec::new(),
     };
-    plan.merge(cap_rotated(keys, alg, 1, policy.max_rotated));
+    plan.merge(cap_rotated(keys, alg, 1, now, policy));
     Ok(plan)
 }
 
@@ -300,6 +344,7 @@ pub fn plan_rotate_and_revoke(keys: &[KeyInfo], alg: Algorithm) -> Result<Plan, 
     Ok(Plan {
         transitions: vec![revoke(active), revoke(next)],
         generate: vec![(alg, KeyState::Active), (alg, KeyState::Next)],
+        over_cap: Vec::new(),
     })
 }
 
@@ -327,13 +372,14 @@ pub fn plan_revoke(
     match key.state {
         KeyState::Rotated => Ok(Plan {
             transitions: vec![revoke],
-            generate: vec![],
+            ..Plan::default()
         }),
         KeyState::Next => {
             active_and_next(keys, alg)?;
             Ok(Plan {
                 transitions: vec![revoke],
                 generate: vec![(alg, KeyState::Next)],
+                ..Plan::default()
             })
         }
         KeyState::Active => {
@@ -343,6 +389,7 @@ pub fn plan_revoke(
             plan.transitions.retain(|t| t.kid != *kid);
             plan.transitions
                 .retain(|t| !(t.to == KeyState::Expired && t.early));
+            plan.over_cap.clear();
             plan.transitions.push(revoke);
             Ok(plan)
         }
@@ -353,43 +400,67 @@ pub fn plan_revoke(
     }
 }
 
-/// Housekeeping: rotated keys whose publication ended expire.
-pub fn plan_expiry(keys: &[KeyInfo], now: DateTime<Utc>) -> Plan {
-    Plan {
+/// Housekeeping: rotated keys whose publication ended expire, and so do the oldest beyond
+/// the cap once no token they signed can still be valid.
+pub fn plan_expiry(keys: &[KeyInfo], now: DateTime<Utc>, policy: Policy) -> Plan {
+    let ended =
+        |k: &KeyInfo| k.state == KeyState::Rotated && k.expires_at.is_some_and(|e| e <= now);
+    let mut plan = Plan {
         transitions: keys
             .iter()
-            .filter(|k| k.state == KeyState::Rotated && k.expires_at.is_some_and(|e| e <= now))
-            .map(|k| Transition {
-                kid: k.kid.clone(),
-                alg: k.alg,
-                from: KeyState::Rotated,
-                to: KeyState::Expired,
-                expires_at: None,
-                early: false,
-            })
+            .filter(|k| ended(k))
+            .map(|k| expire(k, false))
             .collect(),
-        generate: vec![],
+        ..Plan::default()
+    };
+    let mut algs: Vec<Algorithm> = keys.iter().map(|k| k.alg).collect();
+    algs.sort();
+    algs.dedup();
+    let remaining: Vec<KeyInfo> = keys.iter().filter(|k| !ended(k)).cloned().collect();
+    for alg in algs {
+        plan.merge(cap_rotated(&remaining, alg, 0, now, policy));
+    }
+    plan
+}
+
+fn expire(k: &KeyInfo, early: bool) -> Transition {
+    Transition {
+        kid: k.kid.clone(),
+        alg: k.alg,
+        from: KeyState::Rotated,
+        to: KeyState::Expired,
+        expires_at: None,
+        early,
     }
 }
 
-/// When `adding` more keys become `rotated`, the oldest ones beyond the cap expire early.
-fn cap_rotated(keys: &[KeyInfo], alg: Algorithm, adding: usize, max: usize) -> Plan {
+/// When `adding` more keys become `rotated`, the oldest ones beyond the cap expire early,
+/// but never one that a valid token may still need: then the cap is exceeded and the plan
+/// says so in `over_cap`.
+fn cap_rotated(
+    keys: &[KeyInfo],
+    alg: Algorithm,
+    adding: usize,
+    now: DateTime<Utc>,
+    policy: Policy,
+) -> Plan {
     let mut rotated = single(keys, alg, KeyState::Rotated);
-    let excess = (rotated.len() + adding).saturating_sub(max);
+    let excess = (rotated.len() + adding).saturating_sub(policy.max_rotated);
     rotated.sort_by_key(|k| (k.rotated_at, k.created_at));
+    let transitions: Vec<Transition> = rotated
+        .into_iter()
+        .filter(|k| policy.earliest_unpublish(k).is_none_or(|t| t <= now))
+        .take(excess)
+        .map(|k| expire(k, true))
+        .collect();
+    let left_over = excess - transitions.len();
     Plan {
-        transitions: rotated
-            .into_iter()
-            .take(excess)
-            .map(|k| Transition {
-                kid: k.kid.clone(),
-                alg,
-                from: KeyState::Rotated,
-                to: KeyState::Expired,
-                expires_at: None,
-                early: true,
-            })
-            .collect(),
+        over_cap: if left_over > 0 {
+            vec![(alg, policy.max_rotated + left_over)]
+        } else {
+            Vec::new()
+        },
+        transitions,
         generate: vec![],
     }
 }
@@ -587,9 +658,9 @@ mod tests {
         let (mut keys, mut mk) = boot(&[Algorithm::EdDSA]);
         let plan = plan_rotate(&keys, Algorithm::EdDSA, t0(), Policy::default()).unwrap();
         apply(&mut keys, &plan, t0(), &mut mk);
-        assert!(plan_expiry(&keys, t0() + Duration::days(29)).is_empty());
+        assert!(plan_expiry(&keys, t0() + Duration::days(29), Policy::default()).is_empty());
         let end = t0() + Duration::days(30);
-        let plan = plan_expiry(&keys, end);
+        let plan = plan_expiry(&keys, end, Policy::default());
         assert_eq!(plan.transitions.len(), 1);
         apply(&mut keys, &plan, end, &mut mk);
         assert_eq!(published(&keys, end).len(), 2);
@@ -618,7 +689,7 @@ mod tests {
         #[test]
         fn invariants_hold_after_any_sequence(ops in proptest::collection::vec(op(), 1..60)) {
             let enabled = [Algorithm::EdDSA, Algorithm::RS256, Algorithm::ES256];
-            let policy = Policy { retention: Retention::parse("7d").unwrap(), max_rotated: 3 };
+            let policy = Policy { max_rotated: 3, ..Policy::new(Retention::parse("7d").unwrap(), Retention::parse("1h").unwrap()) };
             let (mut keys, mut mk) = boot(&enabled);
             let mut now = t0();
             for op in ops {
@@ -649,14 +720,141 @@ mod tests {
                     }
                     Op::Advance(hours) => {
                         now += Duration::hours(i64::from(hours));
-                        let plan = plan_expiry(&keys, now);
+                        let plan = plan_expiry(&keys, now, policy);
                         apply(&mut keys, &plan, now, &mut mk);
                     }
                 }
                 check_invariants(&keys, &enabled, now);
                 for alg in enabled {
-                    let rotated = keys.iter().filter(|k| k.alg == alg && k.state == KeyState::Rotated).count();
-                    prop_assert!(rotated <= policy.max_rotated);
+                    // The cap holds, except for keys a valid token may still need.
+                    let rotated: Vec<&KeyInfo> = keys.iter().filter(|k| k.alg == alg && k.state == KeyState::Rotated).collect();
+                    let needed = rotated.iter().filter(|k| policy.earliest_unpublish(k).is_some_and(|t| t > now)).count();
+                    prop_assert!(rotated.len() <= policy.max_rotated.max(needed) + 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_cap_never_unpublishes_a_key_with_live_tokens() {
+        // Nine rotations within a minute: the oldest rotated key signed a token an hour
+        // long a minute ago, so it stays published although the cap is 8.
+        let (mut keys, mut mk) = boot(&[Algorithm::EdDSA]);
+        let policy = Policy::new(
+            Retention::parse("30d").unwrap(),
+            Retention::parse("1h").unwrap(),
+        );
+        let first = keys[0].kid.clone();
+        keys[0].last_token_exp = Some(t0() + Duration::hours(1));
+        let mut now = t0();
+        let mut warned = 0;
+        for _ in 0..12 {
+            now += Duration::seconds(5);
+            let plan = plan_rotate(&keys, Algorithm::EdDSA, now, policy).unwrap();
+            assert!(plan.transitions.iter().all(|t| t.to != KeyState::Expired));
+            warned += plan.over_cap.len();
+            apply(&mut keys, &plan, now, &mut mk);
+        }
+        assert_eq!(warned, 4, "rotations 9 to 12 leave the JWKS over the cap");
+        assert!(published(&keys, now).iter().any(|k| k.kid == first));
+        // Once the tokens of the oldest can no longer be valid, housekeeping brings the
+        // JWKS back to the cap, oldest first.
+        let later = t0() + Duration::hours(2);
+        let plan = plan_expiry(&keys, later, policy);
+        assert_eq!(plan.transitions.len(), 4);
+        assert!(plan.transitions.iter().all(|t| t.early));
+        assert!(plan.transitions.iter().any(|t| t.kid == first));
+        apply(&mut keys, &plan, later, &mut mk);
+        let rotated = keys.iter().filter(|k| k.state == KeyState::Rotated).count();
+        assert_eq!(rotated, policy.max_rotated);
+    }
+
+    #[test]
+    fn a_rotated_key_stays_published_for_the_token_lifetime_and_margin_whatever_retention() {
+        let (mut keys, mut mk) = boot(&[Algorithm::EdDSA]);
+        // A retention barely longer than the token lifetime, and no recorded token exp
+        // (another instance signed but had not recorded it yet).
+        let policy = Policy::new(
+            Retention::parse("61m").unwrap(),
+            Retention::parse("1h").unwrap(),
+        );
+        let plan = plan_rotate(&keys, Algorithm::EdDSA, t0(), policy).unwrap();
+        apply(&mut keys, &plan, t0(), &mut mk);
+        let end = keys[0].expires_at.unwrap();
+        assert_eq!(
+            end,
+            t0() + Duration::hours(1) + Duration::seconds(PROPAGATION_MARGIN_SECS)
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Several rotations of one algorithm at once (clicks, a per-second cron).
+        Burst(usize, usize),
+        /// A token signed now by the active key, `ttl` seconds long; recorded in the
+        /// database or not (another instance's record may come late).
+        Sign(usize, u32, bool),
+        /// A token signed by a lagging instance with the key rotated last, just after
+        /// the rotation, never recorded.
+        SignLagging(usize, u32),
+        Advance(u32),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0usize..2, 1usize..12).prop_map(|(a, n)| Step::Burst(a, n)),
+            (0usize..2, 1u32..=3_600, any::<bool>()).prop_map(|(a, t, r)| Step::Sign(a, t, r)),
+            (0usize..2, 1u32..=3_600).prop_map(|(a, t)| Step::SignLagging(a, t)),
+            (1u32..4_000).prop_map(Step::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Invariant 4 under bursts: after every step, every token still valid has its
+        /// key published.
+        #[test]
+        fn every_valid_token_keeps_its_key_published(steps in proptest::collection::vec(step(), 1..80)) {
+            let enabled = [Algorithm::EdDSA, Algorithm::RS256];
+            let policy = Policy::new(Retention::parse("2h").unwrap(), Retention::parse("1h").unwrap());
+            let (mut keys, mut mk) = boot(&enabled);
+            let mut now = t0();
+            let mut tokens: Vec<(Kid, DateTime<Utc>)> = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Burst(a, n) => {
+                        for _ in 0..n {
+                            let plan = plan_rotate(&keys, enabled[a], now, policy).unwrap();
+                            apply(&mut keys, &plan, now, &mut mk);
+                        }
+                    }
+                    Step::Sign(a, ttl, recorded) => {
+                        let exp = now + Duration::seconds(i64::from(ttl));
+                        let key = keys.iter_mut().find(|k| k.alg == enabled[a] && k.state == KeyState::Active).unwrap();
+                        if recorded {
+                            key.last_token_exp = Some(key.last_token_exp.map_or(exp, |e| e.max(exp)));
+                        }
+                        tokens.push((key.kid.clone(), exp));
+                    }
+                    Step::SignLagging(a, ttl) => {
+                        let newest = keys.iter()
+                            .filter(|k| k.alg == enabled[a] && k.state == KeyState::Rotated && k.rotated_at == Some(now))
+                            .max_by_key(|k| k.created_at);
+                        if let Some(k) = newest {
+                            tokens.push((k.kid.clone(), now + Duration::seconds(i64::from(ttl))));
+                        }
+                    }
+                    Step::Advance(secs) => {
+                        now += Duration::seconds(i64::from(secs));
+                        let plan = plan_expiry(&keys, now, policy);
+                        apply(&mut keys, &plan, now, &mut mk);
+                    }
+                }
+                check_invariants(&keys, &enabled, now);
+                let published = published(&keys, now);
+                for (kid, exp) in &tokens {
+                    if *exp > now {
+                        prop_assert!(published.iter().any(|k| &k.kid == kid), "key {} of a token valid until {} unpublished at {}", kid, exp, now);
+                    }
                 }
             }
         }

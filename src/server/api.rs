@@ -9,7 +9,7 @@ use crate::domain::{Algorithm, KeyState, Kid};
 use crate::server::jwt::{self, SignError};
 use crate::server::keys::{Actor, KeyError, ScheduleError};
 use crate::server::state::AppState;
-use crate::server::storage::{EventQuery, StorageError};
+use crate::server::storage::{EventQuery, StorageError, UNAVAILABLE_MESSAGE};
 use crate::server::tokens::{self, Principal};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{
@@ -55,7 +55,8 @@ pub enum ApiError {
     MethodNotAllowed,
     PayloadTooLarge,
     UnsupportedMediaType,
-    Unavailable,
+    /// 503: something this request needs is unavailable for now; the message says what.
+    Unavailable(String),
     Internal(String),
 }
 
@@ -90,11 +91,7 @@ impl IntoResponse for ApiError {
                 "unsupported_media_type",
                 "send JSON with Content-Type: application/json".to_string(),
             ),
-            ApiError::Unavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the keys changed concurrently too often; try again".to_string(),
-            ),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "API request failed");
                 (
@@ -126,7 +123,8 @@ impl From<KeyError> for ApiError {
             KeyError::Plan(p @ PlanError::NotEnabled(_)) => {
                 ApiError::BadRequest("invalid_alg", p.to_string())
             }
-            KeyError::Busy => ApiError::Unavailable,
+            KeyError::Busy => ApiError::Unavailable(KeyError::Busy.to_string()),
+            KeyError::Storage(e) => e.into(),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -134,7 +132,12 @@ impl From<KeyError> for ApiError {
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
-        ApiError::Internal(e.to_string())
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "API request: database unavailable");
+            ApiError::Unavailable(UNAVAILABLE_MESSAGE.into())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
     }
 }
 
@@ -230,9 +233,10 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthorized)?;
-        let principal = tokens::authenticate(state.storage.as_ref(), token.trim())
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
+        let principal =
+            tokens::authenticate(state.storage.as_ref(), &state.recent_tokens, token.trim())
+                .await?
+                .ok_or(ApiError::Unauthorized)?;
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -434,11 +438,10 @@ async fn get_schedule(
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     caller.require("keys:read")?;
-    state
-        .keys
-        .load_schedule()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.keys.load_schedule().await.map_err(|e| match e {
+        ScheduleError::Storage(e) => e.into(),
+        other => ApiError::Internal(other.to_string()),
+    })?;
     Ok(Json(schedule_json(&state).await?))
 }
 
@@ -573,6 +576,8 @@ async fn sign(
         Err(e @ (SignError::TtlZero | SignError::TtlTooLong { .. })) => {
             Err(ApiError::BadRequest("invalid_ttl", e.to_string()))
         }
+        Err(SignError::Unavailable(why)) => Err(ApiError::Unavailable(why)),
+        Err(e @ SignError::NoActiveKey(_)) => Err(ApiError::Unavailable(e.to_string())),
         Err(e) => Err(ApiError::Internal(e.to_string())),
     }
 }

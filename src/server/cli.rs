@@ -296,11 +296,12 @@ async fn revoke(config: Config, kid: String, reason: String) -> anyhow::Result<(
     Ok(())
 }
 
+/// Read-only: needs no key-encryption key.
 async fn keys(config: Config, json: bool) -> anyhow::Result<()> {
-    let (keys, storage) = open_keys(config).await?;
-    let list = storage.list_keys().await?;
+    let storage = start::open_storage(&config, ServeOptions::default()).await?;
+    let list = storage.list_keys().await;
     storage.close().await;
-    drop(keys);
+    let list = list?;
     if json {
         let answer = crate::server::api::keys_json(&list);
         println!("{}", serde_json::to_string_pretty(&answer)?);
@@ -332,13 +333,29 @@ async fn keys(config: Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Read-only: needs no key-encryption key. Before the first start stored a schedule, it
+/// shows the configured one.
 async fn schedule_show(config: Config) -> anyhow::Result<()> {
-    let (keys, storage) = open_keys(config).await?;
-    let schedule = keys.load_schedule().await?;
-    let last = storage
-        .last_slot(crate::server::keys::SLOT_ROTATION)
-        .await?;
+    let storage = start::open_storage(&config, ServeOptions::default()).await?;
+    let read = async {
+        let stored = storage.get_schedule().await?;
+        let last = storage
+            .last_slot(crate::server::keys::SLOT_ROTATION)
+            .await?;
+        anyhow::Ok((stored, last))
+    }
+    .await;
     storage.close().await;
+    let (stored, last) = read?;
+    let schedule = match stored {
+        Some(row) => crate::server::keys::Schedule::from_row(&row)?,
+        None => crate::server::keys::Schedule {
+            cron: config.rotation_cron.clone(),
+            retention: config.retention,
+            updated_at: None,
+            cron_since: None,
+        },
+    };
     let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
     println!("cron:      {}", schedule.cron);
     println!("retention: {}", schedule.retention);

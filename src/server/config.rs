@@ -307,7 +307,22 @@ impl Config {
             Some(addr) => default_public_url(addr),
             None => "http://127.0.0.1:3000".to_string(),
         };
+        let public_url_given = p.raw.contains_key("public_url");
         let public_url = p.field("public_url", &default_public, parse_public_url);
+        // The issuer must be the address clients use. Listening beyond loopback without
+        // saying what that is would publish `http://localhost:PORT` as the issuer.
+        if let Some(addr) = listen.filter(|a| !a.ip().is_loopback())
+            && !public_url_given
+        {
+            p.fail(
+                "public_url",
+                format!(
+                    "required when listening on {addr}, which is not a loopback address: \
+                     set it to the URL clients reach Signet at (the issuer), e.g. \
+                     https://keys.example.com"
+                ),
+            );
+        }
         let rotation_cron = p.field(
             "rotation_cron",
             crate::domain::schedule::DEFAULT_ROTATION_CRON,
@@ -833,5 +848,22 @@ mod tests {
         assert_eq!(c.issuer(), "https://keys.example.com");
         let err = load(&[("SIGNET_PUBLIC_URL", "ftp://x")]).unwrap_err();
         assert_eq!(fields(err), vec!["public_url"]);
+    }
+
+    #[test]
+    fn listening_beyond_loopback_needs_a_public_url() {
+        for listen in ["0.0.0.0:8080", "[::]:8080", "192.0.2.10:3000"] {
+            let err = load(&[("SIGNET_LISTEN", listen)]).unwrap_err();
+            assert_eq!(fields(err.clone()), vec!["public_url"], "{listen}");
+            assert!(err.to_string().contains("not a loopback address"), "{err}");
+            let c = load(&[
+                ("SIGNET_LISTEN", listen),
+                ("SIGNET_PUBLIC_URL", "https://keys.example.com"),
+            ])
+            .unwrap();
+            assert_eq!(c.issuer(), "https://keys.example.com");
+        }
+        assert!(load(&[("SIGNET_LISTEN", "127.0.0.1:0")]).is_ok());
+        assert!(load(&[("SIGNET_LISTEN", "[::1]:3000")]).is_ok());
     }
 }

@@ -1,9 +1,13 @@
 //! `GET /health/live` and `GET /health/ready`.
 //!
 //! Liveness says the process answers HTTP at all. Readiness says this instance can do its
-//! job: its database answers, and every enabled algorithm has an active key loaded (so
-//! the JWKS is built and tokens can be signed). A load balancer takes an instance out of rotation on 503.
+//! job: its database answers, its keys in memory are not behind the database's for more
+//! than [`MAX_LAG`], and every enabled algorithm has an active key it can sign with. A
+//! load balancer takes an instance out of rotation on 503. The reasons are short
+//! sentences for anyone to read: a missing KEK by its id, never a driver error, a file
+//! path or a host name.
 
+use crate::server::keys::MAX_LAG;
 use crate::server::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -34,48 +38,67 @@ struct Report {
     rotation_overdue: bool,
 }
 
+fn pass(name: &'static str) -> Check {
+    Check {
+        name,
+        ok: true,
+        error: None,
+    }
+}
+
+fn fail(name: &'static str, error: String) -> Check {
+    Check {
+        name,
+        ok: false,
+        error: Some(error),
+    }
+}
+
 async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    // A database that hangs must not hang the probe: answer within a bounded time.
-    let database = match tokio::time::timeout(Duration::from_secs(2), state.storage.ping()).await {
-        Ok(Ok(())) => Check {
-            name: "database",
-            ok: true,
-            error: None,
-        },
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: database check failed");
-            Check {
-                name: "database",
-                ok: false,
-                error: Some(e.to_string()),
-            }
-        }
-        Err(_) => Check {
-            name: "database",
-            ok: false,
-            error: Some("no answer within 2 s".into()),
-        },
+    // A database that hangs must not hang the probe: answer within a bounded time. The
+    // answer is the key version, which also tells whether this instance is behind.
+    let probe = async {
+        state.storage.ping().await?;
+        state.storage.key_version().await
     };
-    let keys = if state
-        .keys
-        .snapshot()
-        .complete(state.config.algorithms.as_slice())
+    let version = tokio::time::timeout(Duration::from_secs(2), probe).await;
+    let database = match &version {
+        Ok(Ok(_)) => pass("database"),
+        Ok(Err(e)) => {
+            // The cause goes to the log; an anonymous caller only learns the outline.
+            tracing::warn!(error = %e, "readiness: database check failed");
+            fail("database", e.public_reason().into())
+        }
+        Err(_) => {
+            tracing::warn!("readiness: the database did not answer within 2 s");
+            fail("database", "database unreachable".into())
+        }
+    };
+    if let Ok(Ok(version)) = version
+        && version != state.keys.snapshot().version
     {
-        Check {
-            name: "keys",
-            ok: true,
-            error: None,
+        // Behind the database: catch up now rather than wait for the watcher; a failure
+        // is recorded as lag and reported below once it lasts.
+        if let Err(e) = state.keys.reload_if_changed().await {
+            tracing::warn!(error = %e, "readiness: cannot load the changed keys");
         }
+    }
+    let snapshot = state.keys.snapshot();
+    let mut problems = snapshot.problems(state.config.algorithms.as_slice());
+    if let Some(lag) = state.keys.lag_behind().filter(|l| *l >= MAX_LAG) {
+        problems.push(format!(
+            "the keys in memory are {} s behind the database (reloading them fails)",
+            lag.as_secs()
+        ));
+    }
+    let keys = if problems.is_empty() {
+        pass("keys")
     } else {
-        Check {
-            name: "keys",
-            ok: false,
-            error: Some("not every enabled algorithm has an active key loaded".into()),
-        }
+        fail("keys", problems.join("; "))
     };
     let checks = vec![database, keys];
     let ok = checks.iter().all(|c| c.ok);

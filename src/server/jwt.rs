@@ -29,6 +29,9 @@ pub enum SignError {
     TtlTooLong { ttl: u64, max: u64 },
     #[error("no active key for {0}")]
     NoActiveKey(Algorithm),
+    /// This instance cannot sign right now (a KEK it lacks, keys it could not load).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
 }
@@ -144,6 +147,11 @@ pub fn verify(
         }
     }
     match jsonwebtoken::decode::<Value>(token, &decoding, &validation) {
+        // RFC 8725 section 3.9: a token meant for some audience is only accepted by a
+        // caller who says which audience it is.
+        Ok(data) if audience.is_none() && data.claims.get("aud").is_some() => {
+            invalid("token has an audience (aud); pass the audience you expect to verify it")
+        }
         Ok(data) => Verified::Valid {
             kid: key.kid.clone(),
             claims: data.claims,

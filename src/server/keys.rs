@@ -7,7 +7,9 @@
 //! re-reads the keys and plans again.
 //!
 //! The service also keeps a [`KeySnapshot`] in memory: the published JWKS as precomputed
-//! bytes with an ETag, and a parsed signer per active key.
+//! bytes with an ETag, and a parsed signer per active key. The snapshot is built from
+//! public metadata, so it follows the database even where a private key cannot be opened;
+//! only signing needs the private halves, and it refuses rather than use a stale key.
 
 use crate::domain::audit::{Level, Trigger, kind};
 use crate::domain::lifecycle::{self, PlanError, Policy};
@@ -40,7 +42,10 @@ pub enum KeyError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
-    #[error("stored key {0} was sealed with key-encryption key '{1}', which is not configured")]
+    #[error(
+        "key {0} is sealed with key-encryption key '{1}', which this instance does not have \
+         (add it to SIGNET_ENC_KEYS)"
+    )]
     MissingKek(Kid, String),
     #[error("the keys kept changing concurrently; try again")]
     Busy,
@@ -92,6 +97,10 @@ pub struct ActiveSigner {
 }
 
 /// What every request reads: built once per change of the keys.
+///
+/// Everything but the signers comes from public metadata (states, timestamps, public
+/// JWKs), so the JWKS, the key states and verification follow the database even when a
+/// private key cannot be opened here (a KEK this instance lacks, a damaged row).
 pub struct KeySnapshot {
     pub version: i64,
     pub keys: Vec<KeyInfo>,
@@ -99,7 +108,12 @@ pub struct KeySnapshot {
     pub jwks: Bytes,
     pub jwks_by_alg: HashMap<Algorithm, Bytes>,
     pub etag: String,
+    /// The active key of each algorithm whose private half this instance could open.
     pub signers: HashMap<Algorithm, Arc<ActiveSigner>>,
+    /// Why an algorithm with an active key has no signer here (for `/sign` and readiness).
+    pub unavailable: HashMap<Algorithm, String>,
+    /// Published keys left out of the JWKS because their stored public JWK is damaged.
+    pub damaged: Vec<String>,
     /// The public JWK of every published key, for verification.
     pub public: HashMap<Kid, PublicJwk>,
     /// When the next rotated key's publication ends; the watcher expires it then, so the
@@ -116,6 +130,8 @@ impl KeySnapshot {
             jwks_by_alg: HashMap::new(),
             etag: String::new(),
             signers: HashMap::new(),
+            unavailable: HashMap::new(),
+            damaged: Vec::new(),
             public: HashMap::new(),
             next_expiry: None,
         }
@@ -125,6 +141,36 @@ impl KeySnapshot {
     pub fn complete(&self, enabled: &[Algorithm]) -> bool {
         self.version >= 0 && enabled.iter().all(|a| self.signers.contains_key(a))
     }
+
+    /// Why this snapshot cannot sign for every enabled algorithm, if it cannot: one
+    /// sentence per algorithm (a missing KEK names its id).
+    pub fn problems(&self, enabled: &[Algorithm]) -> Vec<String> {
+        if self.version < 0 {
+            return vec!["the keys have not been loaded yet".into()];
+        }
+        enabled
+            .iter()
+            .filter(|a| !self.signers.contains_key(a))
+            .map(|a| {
+                self.unavailable
+                    .get(a)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{a} has no active key"))
+            })
+            .collect()
+    }
+}
+
+/// How long the in-memory keys may lag behind the database before the instance reports
+/// itself not ready (the watcher normally catches up within half a second).
+pub const MAX_LAG: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The newest key version seen in the database while the snapshot was older, and since
+/// when: an instance that cannot load the keys it knows changed must say so.
+#[derive(Debug, Clone, Copy)]
+struct Lag {
+    version: i64,
+    since: std::time::Instant,
 }
 
 pub struct KeyService {
@@ -140,6 +186,8 @@ pub struct KeyService {
     /// The next scheduled rotation, cached: the JWKS handler needs it on every request and
     /// walking the cron expression each time would cost more than serving the bytes.
     next_rotation: RwLock<Option<DateTime<Utc>>>,
+    /// Set while the database holds a newer key version than the snapshot.
+    lag: std::sync::Mutex<Option<Lag>>,
     /// What this process rotated and revoked, for `/metrics`.
     pub counters: crate::server::metrics::Counters,
 }
@@ -163,6 +211,19 @@ pub struct Schedule {
     pub updated_at: Option<DateTime<Utc>>,
     /// When `cron` took effect; slots before it are not owed.
     pub cron_since: Option<DateTime<Utc>>,
+}
+
+impl Schedule {
+    /// The schedule as stored. Valid when stored; it may have run out since, which the
+    /// scheduler reports.
+    pub fn from_row(row: &ScheduleRow) -> Result<Self, ScheduleError> {
+        Ok(Self {
+            cron: CronSchedule::parse_stored(&row.cron)?,
+            retention: Retention::from_secs(u64::try_from(row.retention_secs).unwrap_or(0)),
+            updated_at: Some(row.updated_at),
+            cron_since: Some(row.cron_since),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +255,7 @@ impl KeyService {
             }),
             recorded_exp: std::sync::Mutex::new(HashMap::new()),
             next_rotation: RwLock::new(None),
+            lag: std::sync::Mutex::new(None),
             counters: Default::default(),
             config,
         }
@@ -220,6 +282,20 @@ impl KeyService {
             return Err(jwt::SignError::TtlTooLong { ttl, max });
         }
         let snapshot = self.snapshot();
+        if let Some(lag) = self.lag_behind() {
+            // A newer key state exists that this instance could not load: the key it holds
+            // may have been rotated or revoked meanwhile.
+            return Err(jwt::SignError::Unavailable(format!(
+                "the keys changed in the database {} s ago and this instance could not load \
+                 them yet; try again",
+                lag.as_secs()
+            )));
+        }
+        if !snapshot.signers.contains_key(&alg)
+            && let Some(why) = snapshot.unavailable.get(&alg)
+        {
+            return Err(jwt::SignError::Unavailable(why.clone()));
+        }
         let issuer = self.config.issuer();
         let now = Utc::now();
         let signed = if alg.is_rsa() {
@@ -265,10 +341,7 @@ impl KeyService {
     }
 
     pub fn policy(&self) -> Policy {
-        Policy {
-            retention: self.schedule().retention,
-            ..Policy::default()
-        }
+        Policy::new(self.schedule().retention, self.config.max_token_ttl)
     }
 
     /// The next scheduled rotation after now (recomputed once the cached one has passed).
@@ -309,13 +382,7 @@ impl KeyService {
                 self.storage.get_schedule().await?.unwrap_or(row)
             }
         };
-        // Valid when stored; it may have run out since, which the scheduler reports.
-        let schedule = Schedule {
-            cron: CronSchedule::parse_stored(&stored.cron)?,
-            retention: Retention::from_secs(u64::try_from(stored.retention_secs).unwrap_or(0)),
-            updated_at: Some(stored.updated_at),
-            cron_since: Some(stored.cron_since),
-        };
+        let schedule = Schedule::from_row(&stored)?;
         if let Ok(mut slot) = self.schedule.write() {
             if *slot != schedule
                 && let Ok(mut next) = self.next_rotation.write()
@@ -444,8 +511,7 @@ impl KeyService {
                         } else {
                             lifecycle::plan_rotate(keys, a, now, policy)?
                         };
-                        plan.transitions.extend(p.transitions);
-                        plan.generate.extend(p.generate);
+                        plan.merge(p);
                     }
                     Ok(plan)
                 },
@@ -513,8 +579,7 @@ impl KeyService {
                     let mut plan = Plan::default();
                     for &a in &algs {
                         let p = lifecycle::plan_rotate(keys, a, now, policy)?;
-                        plan.transitions.extend(p.transitions);
-                        plan.generate.extend(p.generate);
+                        plan.merge(p);
                     }
                     Ok(plan)
                 },
@@ -605,19 +670,36 @@ impl KeyService {
     /// private halves. Idempotent; any instance may run it at any time.
     pub async fn expire(&self, now: DateTime<Utc>) -> Result<usize, KeyError> {
         let actor = Actor::scheduler();
+        let policy = self.policy();
         let plan = self
             .execute_at(
                 Some(now),
-                |keys, now| Ok(lifecycle::plan_expiry(keys, now)),
-                |_, kids| {
-                    vec![event(
-                        Level::Info,
-                        kind::KEYS_EXPIRED,
-                        &actor,
-                        kids,
-                        None,
-                        serde_json::json!({}),
-                    )]
+                |keys, now| {
+                    let mut plan = lifecycle::plan_expiry(keys, now, policy);
+                    // Still over the cap is no news here; rotations report it.
+                    plan.over_cap.clear();
+                    Ok(plan)
+                },
+                |plan, _| {
+                    let ended: Vec<String> = plan
+                        .transitions
+                        .iter()
+                        .filter(|t| !t.early)
+                        .map(|t| t.kid.to_string())
+                        .collect();
+                    let mut events = Vec::new();
+                    if !ended.is_empty() {
+                        events.push(event(
+                            Level::Info,
+                            kind::KEYS_EXPIRED,
+                            &actor,
+                            ended,
+                            None,
+                            serde_json::json!({}),
+                        ));
+                    }
+                    events.extend(early_expiry_events(plan, &actor));
+                    events
                 },
             )
             .await?;
@@ -663,9 +745,21 @@ impl KeyService {
     pub async fn reload(&self) -> Result<(), KeyError> {
         let version = self.storage.key_version().await?;
         let keys = self.storage.list_keys().await?;
-        let snapshot = self.build_snapshot(version, keys)?;
+        let snapshot = self.build_snapshot(version, keys, &self.snapshot())?;
+        for problem in snapshot
+            .problems(self.enabled())
+            .iter()
+            .chain(&snapshot.damaged)
+        {
+            tracing::warn!(version, "keys loaded with a problem: {problem}");
+        }
         if let Ok(mut slot) = self.snapshot.write() {
             *slot = Arc::new(snapshot);
+        }
+        if let Ok(mut lag) = self.lag.lock()
+            && lag.is_some_and(|l| l.version <= version)
+        {
+            *lag = None;
         }
         Ok(())
     }
@@ -680,20 +774,42 @@ impl KeyService {
     }
 
     /// Reloads only when another writer (this process, another instance, the CLI) changed
-    /// the keys. Returns whether it reloaded.
+    /// the keys. Returns whether it reloaded. A failed reload of a version known to be
+    /// newer leaves this instance lagging: it stops signing and, after [`MAX_LAG`], reports
+    /// itself not ready.
     pub async fn reload_if_changed(&self) -> Result<bool, KeyError> {
         let version = self.storage.key_version().await?;
         if version == self.snapshot().version {
             return Ok(false);
         }
-        self.reload().await?;
+        if let Err(e) = self.reload().await {
+            if let Ok(mut lag) = self.lag.lock() {
+                let since = lag.map_or_else(std::time::Instant::now, |l| l.since);
+                *lag = Some(Lag { version, since });
+            }
+            return Err(e);
+        }
         Ok(true)
     }
 
+    /// How long the snapshot has been behind a key version this instance saw in the
+    /// database but could not load; `None` when it is current as far as it knows.
+    pub fn lag_behind(&self) -> Option<std::time::Duration> {
+        self.lag
+            .lock()
+            .ok()
+            .and_then(|lag| lag.map(|l| l.since.elapsed()))
+    }
+
+    /// Builds a snapshot from the stored keys. Never fails for one key's sake: a key whose
+    /// private half cannot be opened only leaves its algorithm without a signer (with the
+    /// reason in `unavailable`), and a damaged public JWK only leaves that key out of the
+    /// JWKS. Signers of keys that were already active in `previous` are reused.
     fn build_snapshot(
         &self,
         version: i64,
         stored: Vec<StoredKey>,
+        previous: &KeySnapshot,
     ) -> Result<KeySnapshot, KeyError> {
         let now = Utc::now();
         let infos: Vec<KeyInfo> = stored.iter().map(|k| k.info.clone()).collect();
@@ -709,10 +825,17 @@ impl KeyService {
             (k.info.alg, rank, std::cmp::Reverse(k.info.rotated_at))
         });
         let mut public = HashMap::new();
+        let mut damaged = Vec::new();
         for k in &published {
-            let jwk: PublicJwk = serde_json::from_str(&k.public_jwk)
-                .map_err(|e| StorageError::Corrupt(format!("public JWK of {}: {e}", k.info.kid)))?;
-            public.insert(k.info.kid.clone(), jwk);
+            match serde_json::from_str::<PublicJwk>(&k.public_jwk) {
+                Ok(jwk) if jwk.kid == k.info.kid.as_str() => {
+                    public.insert(k.info.kid.clone(), jwk);
+                }
+                _ => damaged.push(format!(
+                    "the stored public key of {} {} is damaged; it is not published",
+                    k.info.alg, k.info.kid
+                )),
+            }
         }
         let jwks_of = |keys: &[&StoredKey]| -> Result<Bytes, KeyError> {
             let jwks: Vec<&PublicJwk> = keys
@@ -736,24 +859,28 @@ impl KeyService {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &jwks);
         let etag = format!("\"{}\"", crate::server::crypto::hex(&digest.as_ref()[..16]));
         let mut signers = HashMap::new();
+        let mut unavailable = HashMap::new();
         for key in stored.iter().filter(|k| k.info.state == KeyState::Active) {
-            let (Some(sealed), Some(kek_id)) = (&key.sealed, &key.kek_id) else {
-                return Err(StorageError::Corrupt(format!(
-                    "active key {} has no private key",
-                    key.info.kid
-                ))
-                .into());
-            };
-            let private = self.open(&key.info.kid, kek_id, sealed)?;
-            let signer = Signer::parse(key.info.alg, &private)?;
-            signers.insert(
-                key.info.alg,
-                Arc::new(ActiveSigner {
-                    kid: key.info.kid.clone(),
-                    alg: key.info.alg,
-                    signer,
-                }),
-            );
+            let alg = key.info.alg;
+            if let Some(kept) = previous.signers.get(&alg).filter(|s| s.kid == key.info.kid) {
+                signers.insert(alg, kept.clone());
+                continue;
+            }
+            match self.open_signer(key) {
+                Ok(signer) => {
+                    signers.insert(
+                        alg,
+                        Arc::new(ActiveSigner {
+                            kid: key.info.kid.clone(),
+                            alg,
+                            signer,
+                        }),
+                    );
+                }
+                Err(e) => {
+                    unavailable.insert(alg, format!("cannot sign with the active {alg} key: {e}"));
+                }
+            }
         }
         let next_expiry = infos
             .iter()
@@ -767,9 +894,24 @@ impl KeyService {
             jwks_by_alg,
             etag,
             signers,
+            unavailable,
+            damaged,
             public,
             next_expiry,
         })
+    }
+
+    /// Opens and parses the private half of an active key.
+    fn open_signer(&self, key: &StoredKey) -> Result<Signer, KeyError> {
+        let (Some(sealed), Some(kek_id)) = (&key.sealed, &key.kek_id) else {
+            return Err(StorageError::Corrupt(format!(
+                "active key {} has no private key",
+                key.info.kid
+            ))
+            .into());
+        };
+        let private = self.open(&key.info.kid, kek_id, sealed)?;
+        Ok(Signer::parse(key.info.alg, &private)?)
     }
 
     fn open(&self, kid: &Kid, kek_id: &str, sealed: &[u8]) -> Result<crypto::PrivateKey, KeyError> {
@@ -918,24 +1060,40 @@ fn enabled_names(generate: &[(Algorithm, KeyState)]) -> Vec<&'static str> {
     names
 }
 
+/// Warnings about the rotated-keys cap: keys it retires early, and algorithms left over
+/// it because tokens signed under their oldest keys are still valid (invariant 4 wins).
 fn early_expiry_events(plan: &Plan, actor: &Actor) -> Vec<NewEvent> {
+    let mut events = Vec::new();
     let early: Vec<String> = plan
         .transitions
         .iter()
         .filter(|t| t.early)
         .map(|t| t.kid.to_string())
         .collect();
-    if early.is_empty() {
-        return Vec::new();
+    if !early.is_empty() {
+        events.push(event(
+            Level::Warning,
+            kind::KEYS_EXPIRED_EARLY,
+            actor,
+            early,
+            Some("more rotated keys than the cap; the oldest stop being published early".into()),
+            serde_json::json!({}),
+        ));
     }
-    vec![event(
-        Level::Warning,
-        kind::KEYS_EXPIRED_EARLY,
-        actor,
-        early,
-        Some("more rotated keys than the cap; the oldest stop being published early".into()),
-        serde_json::json!({}),
-    )]
+    for (alg, published) in &plan.over_cap {
+        events.push(event(
+            Level::Warning,
+            kind::KEYS_OVER_CAP,
+            actor,
+            Vec::new(),
+            Some(format!(
+                "{published} rotated {alg} keys stay published, more than the cap, because \
+                 tokens they signed are still valid; the oldest leave once those expire"
+            )),
+            serde_json::json!({ "alg": alg.as_str(), "published_rotated": published }),
+        ));
+    }
+    events
 }
 
 fn event(

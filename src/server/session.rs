@@ -179,7 +179,7 @@ pub enum Denied {
     Role(Role),
     #[error("refused: the request did not come from this site")]
     Origin,
-    #[error("the database is unavailable")]
+    #[error("the database is unavailable; try again")]
     Unavailable,
 }
 

@@ -101,6 +101,7 @@ impl Application {
             storage,
             keyring,
             keys,
+            recent_tokens: Default::default(),
             leptos_options: leptos_options(addr),
         };
         let router = router(state.clone());
@@ -188,6 +189,16 @@ pub async fn open(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartupError::DataDir(config.data_dir.clone(), e))?;
     let keyring = load_keyring(config)?;
+    let storage = open_storage(config, options).await?;
+    Ok((storage, keyring))
+}
+
+/// The database alone, for commands that only read (`signet keys`, `schedule show`):
+/// they work without the key-encryption key, and never create one.
+pub async fn open_storage(
+    config: &Config,
+    options: ServeOptions,
+) -> Result<Arc<dyn Storage>, StartupError> {
     let storage = storage::connect(&config.database_url)
         .await
         .map_err(|source| StartupError::Connect {
@@ -195,7 +206,7 @@ pub async fn open(
             source,
         })?;
     prepare_schema(storage.as_ref(), options).await?;
-    Ok((storage, keyring))
+    Ok(storage)
 }
 
 fn load_keyring(config: &Config) -> Result<Keyring, KekError> {

@@ -14,6 +14,8 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub keyring: Arc<Keyring>,
     pub keys: Arc<KeyService>,
+    /// API tokens recently accepted, honoured for a short while during a database outage.
+    pub recent_tokens: Arc<crate::server::tokens::RecentTokens>,
     pub leptos_options: LeptosOptions,
 }
 

@@ -129,10 +129,68 @@ pub async fn revoke(storage: &dyn Storage, id: &str, actor: &Actor) -> Result<bo
     storage.revoke_api_token(id, audit::now(), &event).await
 }
 
+/// How long a token that the database accepted may be honoured from memory while the
+/// database is unreachable: long enough to ride out a restart or a failover, short enough
+/// that a revocation made elsewhere just before an outage is not honoured for long.
+pub const OUTAGE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// API tokens this instance recently checked against the database. Used only when the
+/// database is unavailable, so `/sign` and `/verify` keep working through a short outage;
+/// a token seen revoked or unknown is dropped at once and never honoured from here.
+#[derive(Default)]
+pub struct RecentTokens {
+    entries: std::sync::Mutex<std::collections::HashMap<String, Recent>>,
+}
+
+struct Recent {
+    secret_hash: String,
+    principal: Principal,
+    checked: std::time::Instant,
+}
+
+impl RecentTokens {
+    fn remember(&self, id: &str, secret_hash: &str, principal: &Principal) {
+        if let Ok(mut entries) = self.entries.lock() {
+            // Bounded: entries past the grace are useless, so drop them when it grows.
+            if entries.len() >= 10_000 {
+                entries.retain(|_, r| r.checked.elapsed() < OUTAGE_GRACE);
+            }
+            entries.insert(
+                id.to_string(),
+                Recent {
+                    secret_hash: secret_hash.to_string(),
+                    principal: principal.clone(),
+                    checked: std::time::Instant::now(),
+                },
+            );
+        }
+    }
+
+    /// Forgets a token (revoked, unknown, or a wrong secret presented for it).
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(id);
+        }
+    }
+
+    fn recall(&self, id: &str, presented_hash: &str) -> Option<Principal> {
+        let entries = self.entries.lock().ok()?;
+        let recent = entries.get(id)?;
+        let matches = aws_lc_rs::constant_time::verify_slices_are_equal(
+            presented_hash.as_bytes(),
+            recent.secret_hash.as_bytes(),
+        )
+        .is_ok();
+        (matches && recent.checked.elapsed() < OUTAGE_GRACE).then(|| recent.principal.clone())
+    }
+}
+
 /// Checks a bearer token. `None` for anything that is not a valid, unrevoked token; the
-/// caller answers 401 without saying which part was wrong.
+/// caller answers 401 without saying which part was wrong. When the database is
+/// unavailable, a token it accepted within [`OUTAGE_GRACE`] is still honoured.
 pub async fn authenticate(
     storage: &dyn Storage,
+    recent: &RecentTokens,
     token: &str,
 ) -> Result<Option<Principal>, StorageError> {
     let Some((id, secret)) = token
@@ -144,20 +202,39 @@ pub async fn authenticate(
     if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(None);
     }
-    let Some(row) = storage.find_api_token(id).await? else {
+    let presented = hash(secret);
+    let row = match storage.find_api_token(id).await {
+        Ok(row) => row,
+        Err(e) if e.is_unavailable() => {
+            return match recent.recall(id, &presented) {
+                Some(principal) => {
+                    tracing::debug!(token = %principal.name, "database unavailable; token honoured from memory");
+                    Ok(Some(principal))
+                }
+                None => Err(e),
+            };
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(row) = row else {
+        recent.forget(id);
         return Ok(None);
     };
-    let presented = hash(secret);
     let matches = aws_lc_rs::constant_time::verify_slices_are_equal(
         presented.as_bytes(),
         row.secret_hash.as_bytes(),
     )
     .is_ok();
     if !matches || row.revoked_at.is_some() {
+        if row.revoked_at.is_some() {
+            recent.forget(id);
+        }
         return Ok(None);
     }
-    Ok(Some(Principal {
+    let principal = Principal {
         name: row.name,
         scopes: row.scopes,
-    }))
+    };
+    recent.remember(id, &row.secret_hash, &principal);
+    Ok(Some(principal))
 }

@@ -107,7 +107,7 @@ pub async fn page_gate(
         Err(_) => {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the database is unavailable",
+                "The database is unavailable; try again.",
             )
                 .into_response();
         }
@@ -480,7 +480,7 @@ async fn download_pem(
             tracing::error!(error = %e, "cannot list keys");
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the database is unavailable",
+                "The database is unavailable; try again.",
             )
                 .into_response();
         }

@@ -17,6 +17,9 @@ use serde::Deserialize;
 /// Caches must have refreshed this long before the next key is promoted.
 const PROMOTION_MARGIN_SECS: i64 = 60;
 
+/// How long past `max-age` a cache may serve the JWKS while Signet is unreachable.
+pub const STALE_IF_ERROR_SECS: i64 = 60;
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/.well-known/jwks.json", get(jwks))
@@ -67,9 +70,11 @@ async fn jwks(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    if let Ok(v) =
-        HeaderValue::from_str(&format!("public, max-age={max_age}, stale-if-error=86400"))
-    {
+    // stale-if-error stays short: a shared cache that cannot reach Signet must not go on
+    // serving a key set (perhaps with a since-revoked key) for long past max-age.
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "public, max-age={max_age}, stale-if-error={STALE_IF_ERROR_SECS}"
+    )) {
         response_headers.insert(header::CACHE_CONTROL, v);
     }
     if let Ok(v) = HeaderValue::from_str(&etag) {

@@ -6,14 +6,14 @@ use serde_json::{Value, json};
 use signet::server::keys::Actor;
 use signet::server::tokens;
 
-async fn token(app: &TestApp, name: &str, scopes: &[&str]) -> String {
+pub async fn token(app: &TestApp, name: &str, scopes: &[&str]) -> String {
     let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
     tokens::create(app.state.storage.as_ref(), name, &scopes, &Actor::cli())
         .await
         .unwrap()
 }
 
-async fn call(
+pub async fn call(
     app: &TestApp,
     method: reqwest::Method,
     path: &str,
@@ -39,7 +39,7 @@ async fn call(
     (status, value)
 }
 
-fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
     assert_eq!(status, expected, "{body}");
     assert_eq!(body["error"], code, "{body}");
     assert!(

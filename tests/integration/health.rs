@@ -40,6 +40,9 @@ async fn ready_turns_503_when_sqlite_file_goes_away() {
             .contains("removed or replaced"),
         "{body}"
     );
+    // Anonymous callers learn the outline only, never the file's path.
+    let file = app.db.sqlite_file().display().to_string();
+    assert!(!body.to_string().contains(&file), "{body}");
     // Liveness is about the process, not the database.
     assert_eq!(app.get("/health/live").await.status(), StatusCode::OK);
 }

@@ -395,8 +395,8 @@ async fn reencrypt_moves_every_key_to_the_active_kek() {
         e.push(("SIGNET_ENC_KEY_ACTIVE".into(), active.into()));
         e
     };
-    // Keys created under k1.
-    let out = run_signet(&env(K1, "k1"), &["keys"]).await;
+    // Keys created under k1 (any command that writes bootstraps them).
+    let out = run_signet(&env(K1, "k1"), &["reencrypt"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -480,8 +480,19 @@ async fn private_keys_are_sealed_at_rest_and_bound_to_their_kid() {
         .execute(&mut c)
         .await
         .unwrap();
-    let err = app.state.keys.reload().await.unwrap_err();
-    assert!(err.to_string().contains("could not be opened"), "{err}");
+    // A process loading the keys afresh still loads them (the JWKS follows the database),
+    // but that algorithm cannot sign, and says why.
+    let fresh = signet::server::keys::KeyService::new(
+        app.state.storage.clone(),
+        app.state.keyring.clone(),
+        app.state.config.clone(),
+    );
+    fresh.reload().await.unwrap();
+    let snapshot = fresh.snapshot();
+    assert!(!snapshot.signers.contains_key(&b.info.alg));
+    let why = &snapshot.unavailable[&b.info.alg];
+    assert!(why.contains("could not be opened"), "{why}");
+    assert!(snapshot.signers.contains_key(&a.info.alg));
 }
 
 #[tokio::test]
@@ -590,6 +601,23 @@ async fn a_rotated_key_leaves_the_jwks_when_its_retention_ends() {
         .await
         .unwrap();
     assert!(kids_of(&jwks(&app).await).contains(old.as_str()));
+    // A key stays published for the token lifetime plus a five-minute margin, whatever
+    // the retention: pretend it was rotated long ago, with its publication ending in 2 s.
+    let end = (chrono::Utc::now() + chrono::Duration::seconds(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+    let long_ago = (chrono::Utc::now() - chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+    app.db
+        .execute(&format!(
+            "UPDATE signing_keys SET rotated_at = '{long_ago}', expires_at = '{end}' \
+             WHERE kid = '{old}'"
+        ))
+        .await
+        .unwrap();
+    app.db
+        .execute("UPDATE key_version SET version = version + 1")
+        .await
+        .unwrap();
     let rotated_at = std::time::Instant::now();
     // The watcher expires it when its time comes, not at the next minute's housekeeping.
     while kids_of(&jwks(&app).await).contains(old.as_str()) {
@@ -645,13 +673,38 @@ async fn more_than_eight_rotated_keys_expire_the_oldest_early_with_a_warning() {
         let config = signet::server::config::Config::from_sources(None, env).unwrap();
         let app = crate::helpers::spawn_app_with(db, config).await;
         let first = active_kid(&app, Algorithm::EdDSA);
-        for _ in 0..9 {
+        for _ in 0..8 {
             app.state
                 .keys
                 .rotate(None, false, None, &Actor::cli())
                 .await
                 .unwrap();
         }
+        // The cap only retires keys whose tokens can no longer be valid: these eight were
+        // rotated hours ago (token lifetime 1 h), the first one longest ago.
+        let ago = |hours| {
+            (chrono::Utc::now() - chrono::Duration::hours(hours))
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
+        };
+        app.db
+            .execute(&format!(
+                "UPDATE signing_keys SET rotated_at = '{}' WHERE state = 'rotated'",
+                ago(2)
+            ))
+            .await
+            .unwrap();
+        app.db
+            .execute(&format!(
+                "UPDATE signing_keys SET rotated_at = '{}' WHERE kid = '{first}'",
+                ago(3)
+            ))
+            .await
+            .unwrap();
+        app.state
+            .keys
+            .rotate(None, false, None, &Actor::cli())
+            .await
+            .unwrap();
         let rows = app.state.storage.list_keys().await.unwrap();
         let rotated = rows
             .iter()

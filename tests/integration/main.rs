@@ -15,4 +15,5 @@ mod keys;
 mod migrations;
 mod outage;
 mod scheduler;
+mod trust;
 mod ui;

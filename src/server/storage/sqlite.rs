@@ -87,10 +87,7 @@ super::shared::storage_impl! {
 
     async fn ping(&self) -> Result<(), StorageError> {
         if self.identity.is_some() && file_identity(&self.file) != self.identity {
-            return Err(StorageError::Unavailable(format!(
-                "database file {} was removed or replaced",
-                self.file.display()
-            )));
+            return Err(StorageError::FileReplaced(self.file.clone()));
         }
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
