@@ -185,7 +185,8 @@ pub async fn open(
     config: &Config,
     options: ServeOptions,
 ) -> Result<(Arc<dyn Storage>, Keyring), StartupError> {
-    std::fs::create_dir_all(&config.data_dir)
+    // Mode 0700: it holds the KEK file and, by default, the database.
+    crate::server::files::create_private_dir_all(&config.data_dir)
         .map_err(|e| StartupError::DataDir(config.data_dir.clone(), e))?;
     let keyring = load_keyring(config)?;
     let storage = storage::connect(&config.database_url)
