@@ -4,7 +4,8 @@
 //!
 //! Existing installations: a database, WAL or SHM file other users can open is tightened
 //! to 0600, with a warning. A directory that already existed is never changed (it may be
-//! shared, such as the working directory); a warning names it if other users can enter it.
+//! shared, such as the working directory); `serve` warns at start if other users can
+//! enter the data directory.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,8 +13,8 @@ use std::path::{Path, PathBuf};
 pub const DIR_MODE: u32 = 0o700;
 pub const FILE_MODE: u32 = 0o600;
 
-/// Creates `dir` and its missing parents, each with mode 0700. Warns about an existing
-/// `dir` that other users can enter.
+/// Creates `dir` and its missing parents, each with mode 0700. An existing `dir` is left
+/// alone (see [`warn_if_open`]).
 pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
     let mut missing: Vec<PathBuf> = Vec::new();
     let mut at = Some(dir);
@@ -25,7 +26,6 @@ pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
         at = d.parent();
     }
     if missing.is_empty() {
-        warn_if_open(dir, "directory");
         return Ok(());
     }
     for d in missing.iter().rev() {
@@ -91,7 +91,9 @@ pub fn tighten_db_files(db: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn warn_if_open(dir: &Path, what: &str) {
+/// Warns when other users can enter `dir` (`serve` does this for the data directory at
+/// start; the CLI stays quiet, its stderr is for its own answer).
+pub fn warn_if_open(dir: &Path, what: &str) {
     if let Ok(Some(mode)) = mode_of(dir)
         && mode & 0o077 != 0
     {

@@ -76,6 +76,7 @@ impl Application {
     /// schema, listener. Any failure stops here, before a single request is accepted.
     pub async fn build(config: Config, options: ServeOptions) -> Result<Self, StartupError> {
         let (storage, keyring) = open(&config, options).await?;
+        crate::server::files::warn_if_open(&config.data_dir, "data directory");
         let config = Arc::new(config);
         let keyring = Arc::new(keyring);
         let keys = Arc::new(KeyService::new(
