@@ -79,6 +79,10 @@ pub async fn sign_in(
             StatusCode::TOO_MANY_REQUESTS,
             format!("Sign-in refused: {e}."),
         )),
+        Err(e @ AuthError::Expired(_)) => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            format!("Sign-in refused: {e}."),
+        )),
         Err(e) => Err(internal(e)),
     }
 }

@@ -74,7 +74,8 @@ pub async fn create_admin(email: String, role: String) -> Result<Secret, ServerF
     .map_err(auth_error)?;
     Ok(Secret {
         label: format!(
-            "One-time password for {} (they choose their own at first sign-in)",
+            "One-time password for {} (it expires in 24 hours; they choose their own at \
+             first sign-in)",
             admin.email
         ),
         secret: password.unwrap_or_default(),

@@ -23,15 +23,23 @@ const ARGON2_MEMORY_KIB: u32 = 19_456;
 const ARGON2_PASSES: u32 = 2;
 const ARGON2_LANES: u32 = 1;
 
-/// Failures counted per account, and per client address, within this window.
+/// Failures counted per key (account and address, address, account) within this window.
 const THROTTLE_WINDOW: Duration = Duration::minutes(15);
-/// Failures allowed before an account is locked for a while.
-const ACCOUNT_FREE_FAILURES: i64 = 5;
+/// Failures allowed for one account from one address before that pair is locked.
+const PAIR_FREE_FAILURES: i64 = 5;
 /// Failures allowed from one address (across accounts) before it is locked.
 const ADDRESS_FREE_FAILURES: i64 = 20;
 /// The first lock; each further failure doubles it, up to the cap.
 const FIRST_LOCK: Duration = Duration::seconds(30);
 const MAX_LOCK: Duration = Duration::minutes(15);
+/// Failures of one account from all addresses together before its sign-ins are slowed
+/// down. An account is never locked as a whole: anyone could lock its owner out.
+const ACCOUNT_FREE_FAILURES: i64 = 5;
+/// The first slow-down; each further failure doubles it, up to the cap.
+const FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a generated one-time password works.
+pub const ONE_TIME_PASSWORD_LIFETIME: Duration = Duration::hours(24);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -40,6 +48,12 @@ pub enum AuthError {
     Refused,
     #[error("too many failed sign-ins; try again in {0} seconds")]
     Throttled(i64),
+    /// The right one-time password, but too late.
+    #[error(
+        "this one-time password has expired (they last 24 hours); ask an admin for a new one \
+         (`signet admin reset-password {0}`)"
+    )]
+    Expired(Email),
     #[error("{0}")]
     Email(#[from] admin::EmailError),
     #[error("{0}")]
@@ -199,6 +213,7 @@ pub async fn create_admin(
         disabled_at: None,
         last_login_at: None,
         sessions_valid_after: now,
+        password_expires_at: generated.then(|| now + ONE_TIME_PASSWORD_LIFETIME),
     };
     let details =
         serde_json::json!({ "email": email, "role": role, "one_time_password": generated });
@@ -237,6 +252,7 @@ pub async fn ensure_first_admin(
         disabled_at: None,
         last_login_at: None,
         sessions_valid_after: now,
+        password_expires_at: Some(now + ONE_TIME_PASSWORD_LIFETIME),
     };
     let details = serde_json::json!({ "email": email, "role": Role::Admin, "first_start": true });
     let created = storage
@@ -258,8 +274,9 @@ pub async fn ensure_first_admin(
     }
 }
 
-/// Gives an admin a new one-time password (which must be changed at the next sign-in) and
-/// ends their sessions.
+/// Gives an admin a new one-time password (which must be changed at the next sign-in and
+/// expires in 24 hours), ends their sessions, and lifts their sign-in throttle: the
+/// account's counter and the lock of every (account, address) pair.
 pub async fn reset_password(
     storage: &dyn Storage,
     email: &str,
@@ -271,19 +288,26 @@ pub async fn reset_password(
         .await?
         .ok_or_else(|| AuthError::NoSuchAdmin(email.to_string()))?;
     let password = generate_password()?;
+    let now = audit::now();
     let change = AdminChange::Password {
         hash: hash_password(password.clone()).await?,
         must_change: true,
         end_sessions: true,
+        expires_at: Some(now + ONE_TIME_PASSWORD_LIFETIME),
     };
     let details = serde_json::json!({ "email": email });
     storage
         .change_admin(
             &admin.id,
             &change,
-            audit::now(),
+            now,
             &event(Level::Notice, kind::ADMIN_PASSWORD_RESET, actor, details),
         )
+        .await?;
+    let name = email.as_str();
+    storage.clear_login_failures(&account_key(name)).await?;
+    storage
+        .clear_login_failures_with_prefix(&pair_prefix(name))
         .await?;
     Ok(password)
 }
@@ -300,26 +324,18 @@ pub async fn change_own_password(
     admin::check_new_password(&new)?;
     // Guessing the current password is throttled like signing in.
     let now = Utc::now();
-    let account = account_key(admin.email.as_str());
-    if let Some(until) = storage
-        .login_locked_until(std::slice::from_ref(&account), now)
-        .await?
-    {
-        return Err(AuthError::Throttled((until - now).num_seconds().max(1)));
-    }
-    let attempts = count_attempts(storage, &account, None, now).await?;
-    if let Some(wait) = attempts.throttled() {
-        return Err(AuthError::Throttled(wait));
-    }
+    let name = admin.email.as_str();
+    let attempts = enter_throttle(storage, name, source.as_deref(), now).await?;
     if !verify_password(Some(admin.password_hash.clone()), current).await {
         attempts.lock_if_spent(storage, now).await?;
         return Err(AuthError::WrongPassword);
     }
-    storage.clear_login_failures(&account).await?;
+    attempts.forgive(storage).await?;
     let change = AdminChange::Password {
         hash: hash_password(new).await?,
         must_change: false,
         end_sessions: true,
+        expires_at: None,
     };
     let actor = admin_actor(admin, source);
     let details = serde_json::json!({ "email": admin.email });
@@ -402,16 +418,64 @@ fn lock_for(failures: i64, free: i64) -> Option<Duration> {
     )
 }
 
-fn account_key(email: &str) -> String {
-    format!("account:{}", email.trim().to_lowercase())
+/// The name an attempt is throttled under: a parsed email as stored, anything else as
+/// typed (trimmed, lowercased) with whitespace and control characters escaped, so a NUL
+/// (which PostgreSQL cannot store in text) or a space never reaches a key.
+fn account_name(email: &str, parsed: Option<&Email>) -> String {
+    if let Some(e) = parsed {
+        return e.as_str().to_string();
+    }
+    email
+        .trim()
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_control() || c.is_whitespace() {
+                format!("\\u{{{:x}}}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn account_key(name: &str) -> String {
+    format!("account:{name}")
+}
+
+/// Every pair key of an account starts with this (a name holds no space).
+fn pair_prefix(name: &str) -> String {
+    format!("pair:{name} ")
+}
+
+fn pair_key(name: &str, source: Option<&str>) -> String {
+    format!("{}{}", pair_prefix(name), source.unwrap_or("-"))
 }
 
 fn address_key(source: &str) -> String {
     format!("address:{source}")
 }
 
-/// Checks an email and password. Throttled per account (whether it exists or not) and per
-/// client address; every failure is recorded as an `admin.login_failed` event.
+/// How long an account's sign-ins wait after `failures` recent failures from anywhere.
+fn delay_for(failures: i64) -> Option<std::time::Duration> {
+    let over = failures - ACCOUNT_FREE_FAILURES;
+    if over < 0 {
+        return None;
+    }
+    let factor = 1u32
+        .checked_shl(u32::try_from(over).unwrap_or(31))
+        .unwrap_or(u32::MAX);
+    Some(
+        FIRST_DELAY
+            .checked_mul(factor)
+            .map_or(MAX_DELAY, |d| d.min(MAX_DELAY)),
+    )
+}
+
+/// Checks an email and password. Throttled per (account, address) pair and per client
+/// address (locks), and per account from everywhere (a slow-down, never a lock, so an
+/// attacker elsewhere cannot keep the owner out). Every failure is recorded as an
+/// `admin.login_failed` event.
 pub async fn sign_in(
     storage: &dyn Storage,
     email: &str,
@@ -421,21 +485,8 @@ pub async fn sign_in(
     let now = Utc::now();
     // Anything unparsable is throttled under its own text, like an unknown account.
     let parsed = Email::parse(email).ok();
-    let account = account_key(parsed.as_ref().map_or(email, Email::as_str));
-    let mut keys = vec![account.clone()];
-    if let Some(src) = &source {
-        keys.push(address_key(src));
-    }
-    if let Some(until) = storage.login_locked_until(&keys, now).await? {
-        return Err(AuthError::Throttled((until - now).num_seconds().max(1)));
-    }
-    // Every attempt is counted before the password is checked, in one atomic statement
-    // per key, so attempts sent in parallel cannot all slip past the limit while the
-    // first ones are still hashing. A right password takes its count back.
-    let attempts = count_attempts(storage, &account, source.as_deref(), now).await?;
-    if let Some(wait) = attempts.throttled() {
-        return Err(AuthError::Throttled(wait));
-    }
+    let name = account_name(email, parsed.as_ref());
+    let attempts = enter_throttle(storage, &name, source.as_deref(), now).await?;
 
     let admin = match &parsed {
         Some(e) => storage.find_admin_by_email(e).await?,
@@ -443,12 +494,11 @@ pub async fn sign_in(
     };
     let hash = admin.as_ref().map(|a| a.password_hash.clone());
     let password_ok = verify_password(hash, password).await;
+    let expired =
+        |a: &AdminRow| a.must_change_password && a.password_expires_at.is_some_and(|t| t <= now);
     match admin {
-        Some(admin) if password_ok && admin.disabled_at.is_none() => {
-            storage.clear_login_failures(&account).await?;
-            if let Some(src) = &source {
-                storage.forgive_login_failure(&address_key(src)).await?;
-            }
+        Some(admin) if password_ok && admin.disabled_at.is_none() && !expired(&admin) => {
+            attempts.forgive(storage).await?;
             let actor = admin_actor(&admin, source);
             let details = serde_json::json!({ "email": admin.email, "role": admin.role });
             storage
@@ -462,11 +512,21 @@ pub async fn sign_in(
             Ok(admin)
         }
         admin => {
-            attempts.lock_if_spent(storage, now).await?;
-            let why = match admin {
-                None => "unknown account",
-                Some(a) if a.disabled_at.is_some() => "account disabled",
-                Some(_) => "wrong password",
+            // Only the holder of the right (expired) password learns that it expired;
+            // that is no guess, so it does not count against the throttle.
+            let too_late = admin
+                .as_ref()
+                .filter(|a| password_ok && a.disabled_at.is_none() && expired(a));
+            if too_late.is_some() {
+                attempts.forgive(storage).await?;
+            } else {
+                attempts.lock_if_spent(storage, now).await?;
+            }
+            let why = match (&admin, too_late) {
+                (_, Some(_)) => "one-time password expired",
+                (None, _) => "unknown account",
+                (Some(a), _) if a.disabled_at.is_some() => "account disabled",
+                (Some(_), _) => "wrong password",
             };
             // The event names the attempted account (bounded, no control characters).
             let attempted: String = email
@@ -489,19 +549,78 @@ pub async fn sign_in(
                     details,
                 ))
                 .await?;
-            Err(AuthError::Refused)
+            match too_late {
+                Some(a) => Err(AuthError::Expired(a.email.clone())),
+                None => Err(AuthError::Refused),
+            }
         }
     }
 }
 
-/// The attempts counted under each throttle key for one sign-in.
-struct Attempts(Vec<(String, i64, i64)>);
+/// The throttle in front of every password check (sign-in, and the current password when
+/// changing it). Refuses while the (account, address) pair or the address is locked;
+/// otherwise counts the attempt before the password is checked, in one atomic statement
+/// per key, so attempts sent in parallel cannot all slip past the limit while the first
+/// ones are still hashing. Then waits the account's slow-down. A right password takes
+/// its counts back ([`Attempts::forgive`]).
+async fn enter_throttle(
+    storage: &dyn Storage,
+    name: &str,
+    source: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Attempts, AuthError> {
+    let mut keys = vec![(pair_key(name, source), PAIR_FREE_FAILURES)];
+    if let Some(src) = source {
+        keys.push((address_key(src), ADDRESS_FREE_FAILURES));
+    }
+    let locks: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+    if let Some(until) = storage.login_locked_until(&locks, now).await? {
+        return Err(AuthError::Throttled((until - now).num_seconds().max(1)));
+    }
+    let window_start = now - THROTTLE_WINDOW;
+    let mut counted = Vec::with_capacity(keys.len());
+    for (key, free) in keys {
+        let n = storage.count_login_failure(&key, now, window_start).await?;
+        if n > free
+            && let Some(lock) = lock_for(n - 1, free)
+        {
+            storage.lock_login(&key, now + lock).await?;
+        }
+        counted.push((key, n, free));
+    }
+    let mut attempts = Attempts {
+        locking: counted,
+        account: None,
+    };
+    if let Some(wait) = attempts.throttled() {
+        return Err(AuthError::Throttled(wait));
+    }
+    // Only attempts that will be checked count against the account.
+    let account = account_key(name);
+    let failures = storage
+        .count_login_failure(&account, now, window_start)
+        .await?;
+    attempts.account = Some(account);
+    if let Some(delay) = delay_for(failures - 1) {
+        tokio::time::sleep(delay).await;
+    }
+    Ok(attempts)
+}
+
+/// The attempts counted for one password check.
+struct Attempts {
+    /// Keys that lock: the (account, address) pair and the address, with the failures
+    /// counted and those allowed.
+    locking: Vec<(String, i64, i64)>,
+    /// The account's own key, which only slows down.
+    account: Option<String>,
+}
 
 impl Attempts {
     /// Seconds to wait if any key is past its allowance (the attempt is then refused
     /// unchecked, and the key locked).
     fn throttled(&self) -> Option<i64> {
-        self.0
+        self.locking
             .iter()
             .filter(|(_, n, free)| n > free)
             .filter_map(|(_, n, free)| lock_for(n - 1, *free))
@@ -515,37 +634,29 @@ impl Attempts {
         storage: &dyn Storage,
         now: DateTime<Utc>,
     ) -> Result<(), StorageError> {
-        for (key, n, free) in &self.0 {
+        for (key, n, free) in &self.locking {
             if let Some(lock) = lock_for(*n, *free) {
                 storage.lock_login(key, now + lock).await?;
             }
         }
         Ok(())
     }
-}
 
-async fn count_attempts(
-    storage: &dyn Storage,
-    account: &str,
-    source: Option<&str>,
-    now: DateTime<Utc>,
-) -> Result<Attempts, StorageError> {
-    let window_start = now - THROTTLE_WINDOW;
-    let mut keys = vec![(account.to_string(), ACCOUNT_FREE_FAILURES)];
-    if let Some(src) = source {
-        keys.push((address_key(src), ADDRESS_FREE_FAILURES));
-    }
-    let mut counted = Vec::with_capacity(keys.len());
-    for (key, free) in keys {
-        let n = storage.count_login_failure(&key, now, window_start).await?;
-        if n > free
-            && let Some(lock) = lock_for(n - 1, free)
-        {
-            storage.lock_login(&key, now + lock).await?;
+    /// After a right password: the pair starts afresh, and this attempt is taken back
+    /// from the address and the account (failures from elsewhere stay counted).
+    async fn forgive(&self, storage: &dyn Storage) -> Result<(), StorageError> {
+        for (i, (key, _, _)) in self.locking.iter().enumerate() {
+            if i == 0 {
+                storage.clear_login_failures(key).await?;
+            } else {
+                storage.forgive_login_failure(key).await?;
+            }
         }
-        counted.push((key, n, free));
+        if let Some(account) = &self.account {
+            storage.forgive_login_failure(account).await?;
+        }
+        Ok(())
     }
-    Ok(Attempts(counted))
 }
 
 /// Records a sign-out.
@@ -572,6 +683,31 @@ mod tests {
         assert_eq!(lock_for(9, 5), Some(Duration::seconds(480)));
         assert_eq!(lock_for(10, 5), Some(MAX_LOCK));
         assert_eq!(lock_for(1000, 5), Some(MAX_LOCK));
+    }
+
+    #[test]
+    fn the_account_slow_down_doubles_to_a_few_seconds_and_never_locks() {
+        assert_eq!(delay_for(4), None);
+        assert_eq!(delay_for(5), Some(std::time::Duration::from_millis(250)));
+        assert_eq!(delay_for(6), Some(std::time::Duration::from_millis(500)));
+        assert_eq!(delay_for(9), Some(MAX_DELAY));
+        assert_eq!(delay_for(i64::MAX), Some(MAX_DELAY));
+    }
+
+    #[test]
+    fn throttle_keys_hold_no_control_characters_or_spaces() {
+        let name = account_name(" Ops\0@Ex ample.com\n", None);
+        assert!(
+            !name.chars().any(|c| c.is_control() || c.is_whitespace()),
+            "{name}"
+        );
+        assert_eq!(name, "ops\\u{0}@ex\\u{20}ample.com");
+        let parsed = Email::parse("Ops@Example.com").unwrap();
+        assert_eq!(account_name("whatever", Some(&parsed)), "ops@example.com");
+        assert!(
+            pair_key("ops@example.com", Some("10.0.0.1"))
+                .starts_with(&pair_prefix("ops@example.com"))
+        );
     }
 
     #[test]

@@ -226,7 +226,7 @@ async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         banner.push_str(&format!(
             "\nFirst start: created the admin account {email}.\n\
              One-time password: {password}\n\
-             Sign in at {url}/login and choose your own password.\n\n"
+             It expires in 24 hours. Sign in at {url}/login and choose your own password.\n\n"
         ));
     }
     // Whoever started us may have stopped reading stdout (a script that only wanted the
@@ -450,8 +450,8 @@ async fn admin_create(
         Some(password) => {
             println!("{password}");
             eprintln!(
-                "signet: {role} {} created; the one-time password above is shown only once and \
-                 must be changed at the first sign-in",
+                "signet: {role} {} created; the one-time password above is shown only once, \
+                 expires in 24 hours and must be changed at the first sign-in",
                 admin.email
             );
         }
@@ -467,7 +467,8 @@ async fn admin_reset(config: Config, email: String) -> anyhow::Result<()> {
     let password = result?;
     println!("{password}");
     eprintln!(
-        "signet: new one-time password for {} above (shown only once); their sessions have ended",
+        "signet: new one-time password for {} above (shown only once; it expires in 24 hours); \
+         their sessions have ended and their sign-in throttle is lifted",
         email.trim().to_lowercase()
     );
     Ok(())

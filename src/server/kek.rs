@@ -167,6 +167,12 @@ pub fn read_key_file(path: &Path) -> Result<Keyring, KekError> {
 
 /// Loads the embedded default's key file, creating it (mode 0600) when it does not exist.
 /// Returns whether it was created, so the caller can warn about it.
+///
+/// The new key is written to a temporary file in the same directory, synced, then linked
+/// to its name (which fails if the name exists, unlike a rename) and the directory synced:
+/// a crash leaves either no key file or a complete one, never an empty one next to keys
+/// sealed under it. Of several processes creating it at once, one wins the link; the
+/// others drop their key and use the winner's.
 pub fn load_or_create_key_file(path: &Path) -> Result<(Keyring, bool), KekError> {
     match read_key_file(path) {
         Ok(ring) => return Ok((ring, false)),
@@ -176,19 +182,21 @@ pub fn load_or_create_key_file(path: &Path) -> Result<(Keyring, bool), KekError>
     let mut key = [0u8; 32];
     rand::rng().fill_bytes(&mut key);
     let line = format!("{GENERATED_ID}:{}\n", STANDARD.encode(key));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
+    let create = |e| KekError::Create(path.to_path_buf(), e);
+    let temp = temp_path(path);
+    let written = write_synced(&temp, line.as_bytes());
+    let linked = written.and_then(|()| std::fs::hard_link(&temp, path));
+    // The temporary name goes whatever happened; the key lives on under `path` if linked.
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Another process created it first: its key is the one.
+            return read_key_file(path).map(|ring| (ring, false));
+        }
+        Err(e) => return Err(create(e)),
     }
-    let mut file = options
-        .open(path)
-        .map_err(|e| KekError::Create(path.to_path_buf(), e))?;
-    file.write_all(line.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| KekError::Create(path.to_path_buf(), e))?;
+    sync_dir(path).map_err(create)?;
     Ok((
         Keyring {
             keys: vec![Kek {
@@ -199,6 +207,49 @@ pub fn load_or_create_key_file(path: &Path) -> Result<(Keyring, bool), KekError>
         },
         true,
     ))
+}
+
+/// A name beside `path` that no other process uses: `.signet.kek.<pid>.<random>.tmp`.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(|| KEK_FILE.into(), |n| n.to_string_lossy().into_owned());
+    let nonce = rand::rng().next_u64();
+    path.with_file_name(format!(".{name}.{}.{nonce:016x}.tmp", std::process::id()))
+}
+
+/// Creates `path` (mode 0600 whatever the umask), writes `bytes` and syncs them.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Makes the directory entry of `path` durable.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."));
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -269,6 +320,49 @@ mod tests {
         let (again, created) = load_or_create_key_file(&path).unwrap();
         assert!(!created);
         assert_eq!(ring.active().key_bytes(), again.active().key_bytes());
+        // Complete, and nothing else is left in the directory (no temporary file).
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("local1:") && text.ends_with('\n'),
+            "{text}"
+        );
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![KEK_FILE.to_string()]);
+    }
+
+    #[test]
+    fn concurrent_creators_end_with_one_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(KEK_FILE);
+            let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let creators: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        load_or_create_key_file(&path)
+                    })
+                })
+                .collect();
+            let results: Vec<(Keyring, bool)> = creators
+                .into_iter()
+                .map(|t| t.join().unwrap().expect("every creator gets a key"))
+                .collect();
+            assert_eq!(results.iter().filter(|(_, created)| *created).count(), 1);
+            let on_disk = read_key_file(&path).unwrap();
+            for (ring, _) in &results {
+                assert_eq!(ring.active().key_bytes(), on_disk.active().key_bytes());
+            }
+            assert_eq!(
+                std::fs::read_dir(dir.path()).unwrap().count(),
+                1,
+                "a temp file was left"
+            );
+        }
     }
 
     #[cfg(unix)]

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod files;
 pub mod health;
 pub mod jwt;
 pub mod kek;

@@ -76,6 +76,7 @@ impl Application {
     /// schema, listener. Any failure stops here, before a single request is accepted.
     pub async fn build(config: Config, options: ServeOptions) -> Result<Self, StartupError> {
         let (storage, keyring) = open(&config, options).await?;
+        crate::server::files::warn_if_open(&config.data_dir, "data directory");
         let config = Arc::new(config);
         let keyring = Arc::new(keyring);
         let keys = Arc::new(KeyService::new(
@@ -186,7 +187,8 @@ pub async fn open(
     config: &Config,
     options: ServeOptions,
 ) -> Result<(Arc<dyn Storage>, Keyring), StartupError> {
-    std::fs::create_dir_all(&config.data_dir)
+    // Mode 0700: it holds the KEK file and, by default, the database.
+    crate::server::files::create_private_dir_all(&config.data_dir)
         .map_err(|e| StartupError::DataDir(config.data_dir.clone(), e))?;
     let keyring = load_keyring(config)?;
     let storage = open_storage(config, options).await?;

@@ -656,3 +656,275 @@ async fn two_admins_disabling_each_other_leave_one_enabled() {
         );
     }
 }
+
+/// A server behind a trusted proxy (the test client), so each `UiClient` can sign in from
+/// the address its `forwarded_for` names.
+async fn spawn_behind_proxy(backend: Backend) -> crate::helpers::TestApp {
+    let db = TestDb::new(backend).await;
+    let mut env = db.env();
+    env.push(("SIGNET_TRUSTED_PROXIES".into(), "127.0.0.1".into()));
+    let config = Config::from_sources(None, env).expect("valid config");
+    spawn_app_with(db, config).await
+}
+
+fn client_at(app: &crate::helpers::TestApp, address: &str) -> UiClient {
+    let mut ui = UiClient::new(app);
+    ui.forwarded_for = Some(address.to_string());
+    ui
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attacker_elsewhere_cannot_lock_the_owner_out() {
+    for backend in BACKENDS {
+        let app = spawn_behind_proxy(backend).await;
+        create_admin(&app, "ops@example.com", Role::Admin).await;
+
+        // One address guessing: after 5 failures that (account, address) pair is locked,
+        // even for the right password.
+        let mut attacker = client_at(&app, "203.0.113.7");
+        let first = attacker.sign_in("ops@example.com", "guess").await;
+        assert_eq!(first.status, 401, "{}", first.body);
+        for i in 0..4 {
+            let answer = attacker
+                .sign_in("ops@example.com", &format!("guess {i}"))
+                .await;
+            assert_eq!(answer.status, 401, "{backend:?}: {}", answer.body);
+            assert_eq!(answer.body, first.body, "every refusal reads the same");
+        }
+        let locked = attacker.sign_in("ops@example.com", TEST_PASSWORD).await;
+        assert_eq!(locked.status, 429, "{backend:?}: {}", locked.body);
+        assert!(locked.body.contains("try again in"), "{}", locked.body);
+
+        // The owner, from another address, with the right password, gets in.
+        let mut owner = client_at(&app, "198.51.100.1");
+        let answer = owner.sign_in("ops@example.com", TEST_PASSWORD).await;
+        assert_eq!(answer.status, 200, "{backend:?}: {}", answer.body);
+
+        // The attacker's address is locked as a whole after 20 failures, across accounts.
+        for i in 0..15 {
+            let answer = attacker
+                .sign_in(&format!("user{}@example.com", i / 4), "wrong")
+                .await;
+            assert_eq!(answer.status, 401, "{backend:?} #{i}: {}", answer.body);
+        }
+        let address_locked = attacker.sign_in("someone@example.com", "wrong").await;
+        assert_eq!(
+            address_locked.status, 429,
+            "{backend:?}: {}",
+            address_locked.body
+        );
+
+        // Spraying the account from many addresses only slows it down: the owner from a
+        // clean address still gets in, after a delay capped at a few seconds.
+        let sprays = (0..12).map(|i| {
+            let mut ui = client_at(&app, &format!("192.0.2.{}", 10 + i / 2));
+            async move {
+                ui.sign_in("ops@example.com", &format!("spray {i}"))
+                    .await
+                    .status
+            }
+        });
+        let statuses = futures_util::future::join_all(sprays).await;
+        assert!(
+            statuses.iter().all(|s| s.as_u16() == 401),
+            "{backend:?}: {statuses:?}"
+        );
+        let mut owner = client_at(&app, "198.51.100.2");
+        let started = std::time::Instant::now();
+        let answer = owner.sign_in("ops@example.com", TEST_PASSWORD).await;
+        let waited = started.elapsed();
+        assert_eq!(answer.status, 200, "{backend:?}: {}", answer.body);
+        assert!(
+            waited >= std::time::Duration::from_secs(2)
+                && waited < std::time::Duration::from_secs(6),
+            "{backend:?}: the owner waited {waited:?}"
+        );
+        eprintln!("{backend:?}: owner signed in after {waited:?} while the account was sprayed");
+
+        // Every checked failure is an admin.login_failed event from its address.
+        let failed = events_of(&app, "admin.login_failed").await;
+        assert_eq!(failed.len(), 5 + 15 + 12, "{backend:?}");
+        assert!(
+            failed
+                .iter()
+                .any(|e| e.source.as_deref() == Some("203.0.113.7"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn resetting_the_password_lifts_the_accounts_throttle() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        create_admin(&app, "ops@example.com", Role::Admin).await;
+        let mut ui = UiClient::new(&app);
+        for _ in 0..5 {
+            assert_eq!(ui.sign_in("ops@example.com", "wrong").await.status, 401);
+        }
+        assert_eq!(
+            ui.sign_in("ops@example.com", TEST_PASSWORD).await.status,
+            429
+        );
+        let out = run_signet(
+            &app.db.env(),
+            &["admin", "reset-password", "OPS@example.com"],
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("expires in 24 hours"), "{stderr}");
+        // No counter or lock of the account is left.
+        let left = sqlx_scalar(
+            &app.db,
+            "SELECT key FROM login_throttle WHERE key LIKE '%ops@example.com%'",
+        )
+        .await;
+        assert!(left.is_empty(), "{backend:?}: {left:?}");
+        let otp = String::from_utf8(out.stdout).unwrap();
+        let answer = ui.sign_in("ops@example.com", otp.trim()).await;
+        assert_eq!(answer.status, 200, "{backend:?}: {}", answer.body);
+    }
+}
+
+#[tokio::test]
+async fn control_characters_in_the_credentials_read_like_any_failure() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        create_admin(&app, "ops@example.com", Role::Admin).await;
+        let mut ui = UiClient::new(&app);
+        let wrong = ui.sign_in("ops@example.com", "not the password").await;
+        assert_eq!(wrong.status, 401);
+        let cases: &[(&str, &str)] = &[
+            ("ops@example.com\0", TEST_PASSWORD),
+            ("\0", "x"),
+            ("ops\0@example.com", TEST_PASSWORD),
+            ("ops\u{1}@example.com", "x"),
+            ("ops@exa\tmple.com", "x"),
+            ("\u{7f}\u{9b}@example.com", "x"),
+            ("ops@example.com", "correct horse\0battery staple"),
+            ("ops@example.com", "\0\u{1}\u{1b}[31m"),
+        ];
+        for (email, password) in cases {
+            let answer = ui.sign_in(email, password).await;
+            assert_eq!(
+                (answer.status.as_u16(), &answer.body),
+                (401, &wrong.body),
+                "{backend:?}: {email:?} / {password:?}"
+            );
+        }
+        let failed = events_of(&app, "admin.login_failed").await;
+        assert_eq!(failed.len(), 1 + cases.len(), "{backend:?}");
+        // Still nobody else got in, and the owner still does.
+        assert_eq!(
+            ui.sign_in("ops@example.com", TEST_PASSWORD).await.status,
+            200
+        );
+    }
+}
+
+#[tokio::test]
+async fn one_time_passwords_expire_after_24_hours() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let env = app.db.env();
+        // The first start's one-time password, and a new one, expire a day after issue.
+        let first = app
+            .state
+            .storage
+            .list_admins()
+            .await
+            .unwrap()
+            .remove(0)
+            .password_expires_at
+            .expect("a one-time password expires");
+        let day = chrono::Duration::hours(24);
+        let now = chrono::Utc::now();
+        assert!(first > now + day - chrono::Duration::minutes(5) && first <= now + day);
+
+        let out = run_signet(
+            &env,
+            &["admin", "create", "viewer@example.com", "--role", "viewer"],
+        )
+        .await;
+        assert!(out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("expires in 24 hours"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let otp = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+        // Past its expiry, the right one-time password is refused, saying why.
+        app.db
+            .execute(
+                "UPDATE admins SET password_expires_at = '2000-01-01T00:00:00+00:00' \
+                 WHERE email = 'viewer@example.com'",
+            )
+            .await
+            .unwrap();
+        let mut ui = UiClient::new(&app);
+        let expired = ui.sign_in("viewer@example.com", &otp).await;
+        assert_eq!(expired.status, 401, "{backend:?}: {}", expired.body);
+        assert!(expired.body.contains("expired"), "{}", expired.body);
+        assert!(
+            expired
+                .body
+                .contains("signet admin reset-password viewer@example.com"),
+            "{}",
+            expired.body
+        );
+        assert!(ui.cookie.is_none());
+        let failed = events_of(&app, "admin.login_failed").await;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].details["why"], "one-time password expired");
+        // A wrong password for that account still gets the plain refusal.
+        let wrong = ui.sign_in("viewer@example.com", "not it at all").await;
+        assert_eq!(wrong.status, 401);
+        assert!(!wrong.body.contains("expired"), "{}", wrong.body);
+
+        // A fresh one (an admin resets it) works.
+        let out = run_signet(&env, &["admin", "reset-password", "viewer@example.com"]).await;
+        assert!(out.status.success());
+        let otp = String::from_utf8(out.stdout).unwrap();
+        let answer = ui.sign_in("viewer@example.com", otp.trim()).await;
+        assert_eq!(answer.status, 200, "{backend:?}: {}", answer.body);
+        assert_eq!(answer.json(), "/account/password");
+        // A chosen password never expires.
+        let changed = ui
+            .call(
+                "change_password",
+                &format!(
+                    "current={}&new={}",
+                    encode(otp.trim()),
+                    encode(TEST_PASSWORD)
+                ),
+            )
+            .await;
+        assert_eq!(changed.status, 200, "{}", changed.body);
+        let email = signet::domain::Email::parse("viewer@example.com").unwrap();
+        let row = app
+            .state
+            .storage
+            .find_admin_by_email(&email)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.password_expires_at, None);
+
+        // The Settings page says so when it shows a new one.
+        let mut admin = signed_in(&app, "ops@example.com", Role::Admin).await;
+        let created = admin
+            .call("create_admin", "email=new%40example.com&role=viewer")
+            .await;
+        assert_eq!(created.status, 200, "{}", created.body);
+        assert!(
+            created.body.contains("expires in 24 hours"),
+            "{}",
+            created.body
+        );
+    }
+}

@@ -344,6 +344,8 @@ pub struct UiClient {
     pub base: String,
     pub cookie: Option<String>,
     pub origin: Option<String>,
+    /// Sent as `X-Forwarded-For`: the client address a trusted proxy reports.
+    pub forwarded_for: Option<String>,
     client: reqwest::Client,
 }
 
@@ -367,6 +369,7 @@ impl UiClient {
             base: app.url.clone(),
             cookie: None,
             origin: Some(app.url.clone()),
+            forwarded_for: None,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -387,6 +390,9 @@ impl UiClient {
         }
         if let Some(o) = &self.origin {
             req = req.header("origin", o.clone());
+        }
+        if let Some(f) = &self.forwarded_for {
+            req = req.header("x-forwarded-for", f.clone());
         }
         let res = req.send().await.expect("request reaches the server");
         self.answer(res).await

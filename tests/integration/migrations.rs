@@ -1,7 +1,7 @@
 //! Schema handling on both backends: SQLite migrates itself, PostgreSQL waits for the
 //! operator, and neither starts on a schema it does not understand.
 
-use crate::helpers::{Backend, TestDb, spawn_app_on};
+use crate::helpers::{Backend, TestDb, spawn_app_on, spawn_app_with};
 use signet::server::config::DatabaseUrl;
 use signet::server::startup::{ServeOptions, StartupError};
 use signet::server::storage::{self, StorageError};
@@ -32,6 +32,65 @@ async fn sqlite_serve_creates_directory_file_and_schema() {
         .map_err(|(e, _)| e)
         .unwrap();
     assert_eq!(app.state.storage.instance_info().await.unwrap(), first);
+}
+
+/// The environment of a server on `db` whose data directory (`fresh/data` beside the
+/// database) does not exist yet.
+#[cfg(unix)]
+fn fresh_data_dir(db: &TestDb) -> (std::path::PathBuf, signet::server::config::Config) {
+    let data_dir = db.data_dir.path().join("fresh/data");
+    let mut env = db.env();
+    env.retain(|(k, _)| k != "SIGNET_DATA_DIR");
+    env.push(("SIGNET_DATA_DIR".into(), data_dir.display().to_string()));
+    let config = signet::server::config::Config::from_sources(None, env).expect("valid config");
+    (data_dir, config)
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sqlite_files_and_the_data_directory_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let with = |file: &std::path::Path, suffix: &str| {
+        let mut name = file.as_os_str().to_os_string();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (data_dir, config) = fresh_data_dir(&db);
+    let app = spawn_app_with(db, config).await;
+    // Every directory serve created, for the data and for the database.
+    assert_eq!(mode(&data_dir), 0o700);
+    assert_eq!(mode(data_dir.parent().unwrap()), 0o700);
+    assert_eq!(mode(&data_dir.join("signet.kek")), 0o600);
+    let file = app.db.sqlite_file();
+    assert_eq!(mode(file.parent().unwrap()), 0o700);
+    assert_eq!(mode(file.parent().unwrap().parent().unwrap()), 0o700);
+    for suffix in ["", "-wal", "-shm"] {
+        assert_eq!(mode(&with(&file, suffix)), 0o600, "signet.db{suffix}");
+    }
+
+    // An installation whose files are open to others is tightened at the next start.
+    let db = app.stop().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = with(&file, suffix);
+        if !path.exists() {
+            std::fs::write(&path, b"").unwrap();
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (_, config) = fresh_data_dir(&db);
+    let app = spawn_app_with(db, config).await;
+    for suffix in ["", "-wal", "-shm"] {
+        assert_eq!(mode(&with(&file, suffix)), 0o600, "signet.db{suffix}");
+    }
+    assert!(app.state.storage.ping().await.is_ok());
 }
 
 #[tokio::test]

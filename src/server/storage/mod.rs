@@ -264,6 +264,8 @@ pub struct AdminRow {
     pub last_login_at: Option<DateTime<Utc>>,
     /// Sessions that began before this are over (password reset, disabling).
     pub sessions_valid_after: DateTime<Utc>,
+    /// When a generated one-time password stops working (none for a chosen password).
+    pub password_expires_at: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for AdminRow {
@@ -275,6 +277,7 @@ impl std::fmt::Debug for AdminRow {
             .field("password_hash", &"REDACTED")
             .field("must_change_password", &self.must_change_password)
             .field("disabled_at", &self.disabled_at)
+            .field("password_expires_at", &self.password_expires_at)
             .finish_non_exhaustive()
     }
 }
@@ -283,11 +286,13 @@ impl std::fmt::Debug for AdminRow {
 #[derive(Debug, Clone)]
 pub enum AdminChange {
     /// A new password hash; `must_change` for a generated one-time password. With
-    /// `end_sessions`, every session begun before the change is over.
+    /// `end_sessions`, every session begun before the change is over. `expires_at`: when
+    /// a one-time password stops working.
     Password {
         hash: String,
         must_change: bool,
         end_sessions: bool,
+        expires_at: Option<DateTime<Utc>>,
     },
     Disabled(bool),
     SignedIn,
@@ -467,6 +472,9 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Option<DateTime<Utc>>, StorageError>;
 
     async fn clear_login_failures(&self, key: &str) -> Result<(), StorageError>;
+
+    /// Deletes every sign-in counter and lock whose key starts with `prefix`.
+    async fn clear_login_failures_with_prefix(&self, prefix: &str) -> Result<(), StorageError>;
 
     /// Takes back one counted attempt (a sign-in that turned out right).
     async fn forgive_login_failure(&self, key: &str) -> Result<(), StorageError>;

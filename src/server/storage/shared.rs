@@ -21,7 +21,7 @@ pub const KEY_COLUMNS: &str = "kid, alg, state, public_jwk, private_sealed, kek_
      activated_at, rotated_at, revoked_at, expires_at, last_token_exp, revoke_reason";
 
 pub const ADMIN_COLUMNS: &str = "id, email, role, password_hash, must_change_password, \
-     created_at, disabled_at, last_login_at, sessions_valid_after";
+     created_at, disabled_at, last_login_at, sessions_valid_after, password_expires_at";
 
 pub const EVENT_COLUMNS: &str =
     "id, at, level, kind, actor, trigger, source, kids, reason, details, prev_hash, hash";
@@ -111,6 +111,7 @@ where
         disabled_at: row.try_get("disabled_at")?,
         last_login_at: row.try_get("last_login_at")?,
         sessions_valid_after: row.try_get("sessions_valid_after")?,
+        password_expires_at: row.try_get("password_expires_at")?,
     })
 }
 
@@ -588,8 +589,8 @@ macro_rules! storage_impl {
                 };
                 let sql = format!(
                     "INSERT INTO admins (id, email, role, password_hash, must_change_password, \
-                       created_at, sessions_valid_after) \
-                     SELECT $1, $2, $3, $4, $5, $6, $7{guard}"
+                       created_at, sessions_valid_after, password_expires_at) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8{guard}"
                 );
                 let inserted = sqlx::query(&sql)
                     .bind(&a.id)
@@ -599,6 +600,7 @@ macro_rules! storage_impl {
                     .bind(a.must_change_password)
                     .bind(a.created_at)
                     .bind(a.sessions_valid_after)
+                    .bind(a.password_expires_at)
                     .execute(&mut *tx)
                     .await
                     // The email is unique.
@@ -622,9 +624,10 @@ macro_rules! storage_impl {
                 use super::AdminChange;
                 let mut tx = self.pool.begin_with($begin).await?;
                 let result = match change {
-                    AdminChange::Password { hash, must_change, end_sessions } => sqlx::query(
+                    AdminChange::Password { hash, must_change, end_sessions, expires_at } => sqlx::query(
                         "UPDATE admins SET password_hash = $1, must_change_password = $2, \
-                           sessions_valid_after = CASE WHEN $3 THEN $4 ELSE sessions_valid_after END \
+                           sessions_valid_after = CASE WHEN $3 THEN $4 ELSE sessions_valid_after END, \
+                           password_expires_at = $6 \
                          WHERE id = $5",
                     )
                     .bind(hash)
@@ -632,6 +635,7 @@ macro_rules! storage_impl {
                     .bind(*end_sessions)
                     .bind(at)
                     .bind(id)
+                    .bind(*expires_at)
                     .execute(&mut *tx)
                     .await?,
                     AdminChange::Disabled(disabled) => {
@@ -805,6 +809,18 @@ macro_rules! storage_impl {
             async fn clear_login_failures(&self, key: &str) -> Result<(), StorageError> {
                 sqlx::query("DELETE FROM login_throttle WHERE key = $1")
                     .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn clear_login_failures_with_prefix(
+                &self,
+                prefix: &str,
+            ) -> Result<(), StorageError> {
+                // Not LIKE: an email may hold '_' or '%'.
+                sqlx::query("DELETE FROM login_throttle WHERE substr(key, 1, length($1)) = $1")
+                    .bind(prefix)
                     .execute(&self.pool)
                     .await?;
                 Ok(())

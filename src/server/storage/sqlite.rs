@@ -28,10 +28,14 @@ impl SqliteStorage {
             .sqlite_file()
             .ok_or_else(|| StorageError::Unavailable("not a SQLite file URL".into()))?;
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
+            crate::server::files::create_private_dir_all(dir).map_err(|e| {
                 StorageError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
+        // Mode 0600 before SQLite sees it, so its -wal and -shm are created 0600 too.
+        crate::server::files::prepare_private_db(&file).map_err(|e| {
+            StorageError::Unavailable(format!("cannot create {}: {e}", file.display()))
+        })?;
         let options = SqliteConnectOptions::from_str(url.as_str())?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -45,6 +49,10 @@ impl SqliteStorage {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
+        // An existing -wal or -shm that SQLite reused keeps its mode: tighten it now.
+        crate::server::files::tighten_db_files(&file).map_err(|e| {
+            StorageError::Unavailable(format!("cannot restrict {}: {e}", file.display()))
+        })?;
         let identity = file_identity(&file);
         Ok(Self {
             pool,
