@@ -83,6 +83,7 @@ impl Application {
             keyring.clone(),
             config.clone(),
         ));
+        key_audit_log(storage.as_ref()).await?;
         keys.bootstrap(&Actor::system()).await?;
         keys.expire(Utc::now()).await?;
         let first_admin = auth::ensure_first_admin(storage.as_ref(), &config.first_admin_email)
@@ -195,6 +196,7 @@ pub async fn open(
             source,
         })?;
     prepare_schema(storage.as_ref(), options).await?;
+    storage.set_audit_keys(crate::server::audit::AuditKeys::new(keyring.clone()));
     Ok((storage, keyring))
 }
 
@@ -213,6 +215,20 @@ fn load_keyring(config: &Config) -> Result<Keyring, KekError> {
             }
             Ok(ring)
         }
+    }
+}
+
+/// Keys an audit log from before the keyed chain (migration 0007), so that a start
+/// authenticates the old events even when it writes none. A broken log is refused and
+/// reported, not fatal: revoking a key must still work.
+async fn key_audit_log(storage: &dyn Storage) -> Result<(), StorageError> {
+    match storage.key_audit_chain().await {
+        Ok(_) => Ok(()),
+        Err(StorageError::Corrupt(why)) => {
+            tracing::error!("{why}");
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

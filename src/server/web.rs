@@ -579,6 +579,8 @@ mod tests {
             details: serde_json::json!({}),
             prev_hash: String::new(),
             hash: String::new(),
+            mac: None,
+            mac_kek: None,
         };
         assert_eq!(
             csv_line(&e),

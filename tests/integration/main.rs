@@ -5,6 +5,7 @@
 
 mod admin;
 mod api;
+mod audit_mac;
 mod cli;
 mod health;
 mod helpers;
