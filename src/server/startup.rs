@@ -97,10 +97,12 @@ impl Application {
             .local_addr()
             .map_err(|e| StartupError::Bind(config.listen, e))?;
 
+        let tail = crate::server::live::Tail::new(storage.clone());
         let state = AppState {
             config,
             storage,
             keyring,
+            tail,
             keys,
             leptos_options: leptos_options(addr),
         };
@@ -165,6 +167,12 @@ impl Application {
                 async move { scheduler::run(&housekeeping, &scheduler::SystemClock).await },
             ),
         ];
+        // Open live tails end with the server rather than hold its shutdown up.
+        let tail = self.state.tail.clone();
+        let shutdown = async move {
+            shutdown.await;
+            tail.close();
+        };
         let served = axum::serve(
             self.listener,
             self.router

@@ -14,6 +14,8 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub keyring: Arc<Keyring>,
     pub keys: Arc<KeyService>,
+    /// The live tail's shared poller and stream caps.
+    pub tail: Arc<crate::server::live::Tail>,
     pub leptos_options: LeptosOptions,
 }
 

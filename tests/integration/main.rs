@@ -11,6 +11,7 @@ mod health;
 mod helpers;
 mod interop;
 mod keys;
+mod live_tail;
 mod migrations;
 mod scheduler;
 mod ui;
