@@ -93,9 +93,11 @@ pub mod kind {
     pub const ADMIN_PASSWORD_CHANGED: &str = "admin.password_changed";
     /// Events older than the event retention deleted; names where the chain now starts.
     pub const AUDIT_PRUNED: &str = "audit.pruned";
+    /// The events from before the chain was keyed were checked and given their MACs.
+    pub const AUDIT_KEYED: &str = "audit.keyed";
 
     /// Every kind, for the events page's filter.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         KEYS_CREATED,
         KEYS_ROTATED,
         KEYS_REVOKED,
@@ -116,5 +118,6 @@ pub mod kind {
         ADMIN_PASSWORD_RESET,
         ADMIN_PASSWORD_CHANGED,
         AUDIT_PRUNED,
+        AUDIT_KEYED,
     ];
 }

@@ -276,7 +276,7 @@ pub fn client_address(
         .unwrap_or(peer)
 }
 
-async fn not_found() -> ApiError {
+pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such API endpoint".into())
 }
 

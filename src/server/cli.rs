@@ -401,13 +401,17 @@ async fn reencrypt(config: Config) -> anyhow::Result<()> {
 }
 
 async fn audit_verify(config: Config) -> anyhow::Result<()> {
-    let (storage, _) = start::open(&config, ServeOptions::default()).await?;
-    let (events, head_id, head_hash) = storage.audit_chain().await?;
+    let (storage, keyring) = start::open(&config, ServeOptions::default()).await?;
+    let log = storage.audit_log().await?;
     storage.close().await;
-    match audit::verify_chain(&events, head_id, &head_hash) {
+    let keys = audit::AuditKeys::new(keyring);
+    match audit::verify_keyed_chain(&log, Some(&keys)) {
         Ok(n) => {
-            println!("ok: {n} events, hash chain intact");
+            println!("ok: {n} events, hash chain intact, every event authenticated");
             Ok(())
+        }
+        Err(e @ audit::ChainBreak::MissingKek { .. }) => {
+            anyhow::bail!("audit log cannot be verified: {e}")
         }
         Err(e) => anyhow::bail!("audit log is broken: {e}"),
     }

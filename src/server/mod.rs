@@ -12,6 +12,7 @@ pub mod health;
 pub mod jwt;
 pub mod kek;
 pub mod keys;
+pub mod live;
 pub mod metrics;
 pub mod pem;
 pub mod scheduler;

@@ -84,6 +84,7 @@ impl Application {
             keyring.clone(),
             config.clone(),
         ));
+        key_audit_log(storage.as_ref()).await?;
         keys.bootstrap(&Actor::system()).await?;
         keys.expire(Utc::now()).await?;
         let first_admin = auth::ensure_first_admin(storage.as_ref(), &config.first_admin_email)
@@ -97,10 +98,12 @@ impl Application {
             .local_addr()
             .map_err(|e| StartupError::Bind(config.listen, e))?;
 
+        let tail = crate::server::live::Tail::new(storage.clone());
         let state = AppState {
             config,
             storage,
             keyring,
+            tail,
             keys,
             recent_tokens: Default::default(),
             leptos_options: leptos_options(addr),
@@ -166,6 +169,12 @@ impl Application {
                 async move { scheduler::run(&housekeeping, &scheduler::SystemClock).await },
             ),
         ];
+        // Open live tails end with the server rather than hold its shutdown up.
+        let tail = self.state.tail.clone();
+        let shutdown = async move {
+            shutdown.await;
+            tail.close();
+        };
         let served = axum::serve(
             self.listener,
             self.router
@@ -192,6 +201,7 @@ pub async fn open(
         .map_err(|e| StartupError::DataDir(config.data_dir.clone(), e))?;
     let keyring = load_keyring(config)?;
     let storage = open_storage(config, options).await?;
+    storage.set_audit_keys(crate::server::audit::AuditKeys::new(keyring.clone()));
     Ok((storage, keyring))
 }
 
@@ -226,6 +236,20 @@ fn load_keyring(config: &Config) -> Result<Keyring, KekError> {
             }
             Ok(ring)
         }
+    }
+}
+
+/// Keys an audit log from before the keyed chain (migration 0007), so that a start
+/// authenticates the old events even when it writes none. A broken log is refused and
+/// reported, not fatal: revoking a key must still work.
+async fn key_audit_log(storage: &dyn Storage) -> Result<(), StorageError> {
+    match storage.key_audit_chain().await {
+        Ok(_) => Ok(()),
+        Err(StorageError::Corrupt(why)) => {
+            tracing::error!("{why}");
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -298,6 +322,7 @@ fn router(state: AppState) -> Router {
             move || shell(options.clone())
         })
         .merge(web::router())
+        .layer(axum::middleware::from_fn(web::bad_arguments_are_400))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             web::page_gate,
@@ -307,6 +332,8 @@ fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(crate::server::metrics::router())
         .nest("/api/v1", api::router())
+        // `/api/v1/` itself is not an endpoint, but it is the API's: answer in JSON.
+        .route("/api/v1/", axum::routing::any(api::not_found))
         .merge(ui)
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(axum::middleware::from_fn(web::security_headers));

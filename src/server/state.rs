@@ -16,6 +16,8 @@ pub struct AppState {
     pub keys: Arc<KeyService>,
     /// API tokens recently accepted, honoured for a short while during a database outage.
     pub recent_tokens: Arc<crate::server::tokens::RecentTokens>,
+    /// The live tail's shared poller and stream caps.
+    pub tail: Arc<crate::server::live::Tail>,
     pub leptos_options: LeptosOptions,
 }
 

@@ -7,6 +7,7 @@ use crate::domain::{Kid, Role};
 use crate::server::api::client_address;
 use crate::server::audit::StoredEvent;
 use crate::server::crypto::PublicJwk;
+use crate::server::live;
 use crate::server::session::{self, Denied};
 use crate::server::state::AppState;
 use crate::server::storage::{AdminRow, EventQuery};
@@ -239,17 +240,26 @@ pub fn event_view(e: &StoredEvent) -> EventView {
     }
 }
 
-/// How often the live tail looks for new events. Every instance writes to the same
-/// database, so reading it catches events made anywhere.
-const TAIL_EVERY: Duration = Duration::from_secs(1);
-/// Rows per read of the live tail; a longer backlog is read in several rounds.
-const TAIL_BATCH: i64 = 200;
+/// How often an open stream checks that its session still stands (besides at once when
+/// an event that may end sessions arrives: a sign-out, a password reset, a disabling).
+const SESSION_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// Event kinds after which every stream checks its session at once.
+const SESSION_ENDING: [&str; 4] = [
+    crate::domain::audit::kind::ADMIN_LOGOUT,
+    crate::domain::audit::kind::ADMIN_DISABLED,
+    crate::domain::audit::kind::ADMIN_PASSWORD_RESET,
+    crate::domain::audit::kind::ADMIN_PASSWORD_CHANGED,
+];
 
 /// `GET /events/stream`: server-sent events, one `audit` event per new audit row that
 /// passes the filters, oldest first, each with its id (so a reconnecting browser's
-/// `Last-Event-ID` resumes where it stopped). The session is checked again on every
-/// poll, against the database, so a sign-out anywhere or an expired session ends the
-/// stream.
+/// `Last-Event-ID` resumes where it stopped). New rows come from the instance's shared
+/// poller (`live`), which reads the database once a second for every stream together;
+/// a stream reads by itself only to catch up. The session is checked every 10 s and at
+/// once after a sign-out or similar event, so a sign-out anywhere or an expired session
+/// ends the stream; so does the server's shutdown. At most `live::PER_SESSION` streams
+/// per session and `live::PER_INSTANCE` per instance: beyond, 429.
 async fn stream_events(
     State(state): State<AppState>,
     session: Session,
@@ -259,86 +269,180 @@ async fn stream_events(
     if let Err(refused) = viewer(&state, &session, Role::Viewer).await {
         return refused;
     }
-    let mut query = match filter.query(TAIL_BATCH) {
+    let mut query = match filter.query(live::BATCH) {
         Ok(q) => q,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let Some(session_id) = session.id() else {
+        return (StatusCode::UNAUTHORIZED, Denied::SignedOut.to_string()).into_response();
+    };
+    let slot = match state
+        .tail
+        .open(&crate::server::crypto::sha256_hex(&session_id.to_string()))
+    {
+        Ok(slot) => slot,
+        Err(full) => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "10")],
+                axum::Json(serde_json::json!({
+                    "error": "too_many_streams",
+                    "message": full.to_string(),
+                })),
+            )
+                .into_response();
+        }
     };
     let resumed = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok());
     query.after_id = query.after_id.max(resumed);
+    // Without a position, start from now: the page already shows what came before.
     if query.after_id.is_none() {
-        // Start from now: the page already shows what came before.
-        let newest = state
-            .storage
-            .list_events(&EventQuery {
-                limit: 1,
-                ..Default::default()
-            })
-            .await
-            .ok()
-            .and_then(|v| v.first().map(|e| e.id))
-            .unwrap_or(0);
-        query.after_id = Some(newest);
-    }
-    let stream = futures_util::stream::unfold(
-        (
-            state,
-            session,
-            query,
-            std::collections::VecDeque::<Event>::new(),
-            false,
-        ),
-        |(state, session, mut query, mut pending, mut behind)| async move {
-            loop {
-                if let Some(event) = pending.pop_front() {
-                    let next = (state, session, query, pending, behind);
-                    return Some((Ok::<_, std::convert::Infallible>(event), next));
-                }
-                // A full batch means more may be waiting: read on without sleeping.
-                if !behind {
-                    tokio::time::sleep(TAIL_EVERY).await;
-                }
-                let signed_in = viewer(&state, &session, Role::Viewer).await.is_ok()
-                    && session::still_stored(&session, state.storage.as_ref()).await;
-                if !signed_in {
-                    return None;
-                }
-                let Ok(rows) = state.storage.list_events(&query).await else {
-                    behind = false;
-                    continue;
-                };
-                // Oldest first (the query reads forward from `after_id`).
-                behind = rows.len() as i64 == query.limit;
-                if let Some(last) = rows.last() {
-                    query.after_id = Some(last.id);
-                }
-                pending = rows
-                    .iter()
-                    .filter_map(|e| {
-                        let json = serde_json::to_string(&event_view(e)).ok()?;
-                        Some(
-                            Event::default()
-                                .event("audit")
-                                .id(e.id.to_string())
-                                .data(json),
-                        )
-                    })
-                    .collect();
+        match state.tail.newest().await {
+            Some(id) => query.after_id = Some(id),
+            None => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Denied::Unavailable.to_string(),
+                )
+                    .into_response();
             }
-        },
-    );
+        }
+    }
+    let tail = TailStream {
+        state,
+        session,
+        query,
+        slot,
+        pending: std::collections::VecDeque::new(),
+        // Always once: what came between this position and where the poller starts
+        // broadcasting is read here.
+        catching_up: true,
+        check_at: tokio::time::Instant::now() + SESSION_CHECK_EVERY,
+    };
+    let stream = futures_util::stream::unfold(tail, |mut tail| async move {
+        let event = tail.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(event), tail))
+    });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+/// One open live tail: its filters and position, its place among the open streams, and
+/// what it has yet to send.
+struct TailStream {
+    state: AppState,
+    session: Session,
+    /// The filters; `after_id` is the last event this stream has accounted for.
+    query: EventQuery,
+    slot: live::Slot,
+    pending: std::collections::VecDeque<Event>,
+    /// Reading the database itself: at the start from an earlier id, or after falling
+    /// behind the broadcast.
+    catching_up: bool,
+    check_at: tokio::time::Instant,
+}
+
+impl TailStream {
+    /// The next event to send; `None` ends the stream.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            if *self.slot.closed.borrow() {
+                return None;
+            }
+            if self.catching_up {
+                if !self.slot.poller_started().await {
+                    return None;
+                }
+                match self.state.storage.list_events(&self.query).await {
+                    Ok(rows) => {
+                        self.catching_up = rows.len() as i64 == self.query.limit;
+                        self.take(&rows);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the live tail cannot catch up");
+                        self.catching_up = false;
+                    }
+                }
+                continue;
+            }
+            enum Woke {
+                Closed,
+                Check,
+                Batch(live::Batch),
+                Lagged,
+            }
+            let woke = tokio::select! {
+                _ = self.slot.closed.wait_for(|c| *c) => Woke::Closed,
+                () = tokio::time::sleep_until(self.check_at) => Woke::Check,
+                batch = self.slot.batches.recv() => match batch {
+                    Ok(batch) => Woke::Batch(batch),
+                    // Fell behind the broadcast: read what was missed from the database.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Woke::Lagged,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => Woke::Closed,
+                },
+            };
+            match woke {
+                Woke::Closed => return None,
+                Woke::Check => {
+                    if !self.signed_in().await {
+                        return None;
+                    }
+                }
+                Woke::Batch(batch) => {
+                    self.take(&batch);
+                    if batch
+                        .iter()
+                        .any(|e| SESSION_ENDING.contains(&e.kind.as_str()))
+                        && !self.signed_in().await
+                    {
+                        return None;
+                    }
+                }
+                Woke::Lagged => self.catching_up = true,
+            }
+        }
+    }
+
+    /// Queues the rows (oldest first) that are new to this stream and pass its filters.
+    fn take(&mut self, rows: &[StoredEvent]) {
+        let after = self.query.after_id.unwrap_or(0);
+        for e in rows.iter().filter(|e| e.id > after) {
+            if self.query.matches(e)
+                && let Ok(json) = serde_json::to_string(&event_view(e))
+            {
+                self.pending.push_back(
+                    Event::default()
+                        .event("audit")
+                        .id(e.id.to_string())
+                        .data(json),
+                );
+            }
+            self.query.after_id = Some(e.id);
+        }
+    }
+
+    async fn signed_in(&mut self) -> bool {
+        self.check_at = tokio::time::Instant::now() + SESSION_CHECK_EVERY;
+        viewer(&self.state, &self.session, Role::Viewer)
+            .await
+            .is_ok()
+            && session::still_stored(&self.session, self.state.storage.as_ref()).await
+    }
 }
 
 /// Rows per database read while exporting.
 const EXPORT_PAGE: i64 = 1000;
 
 /// `GET /events/export?format=csv|json`: the filtered view, every page of it, streamed
-/// newest first so memory stays flat however many rows match.
+/// newest first (oldest first from `after=ID`) so memory stays flat however many rows
+/// match.
 async fn export_events(
     State(state): State<AppState>,
     session: Session,
@@ -367,6 +471,7 @@ async fn export_events(
     } else {
         "[".to_string()
     };
+    let forward = query.after_id.is_some();
     let first = futures_util::stream::once(async move { Ok::<_, std::io::Error>(header_line) });
     let pages = futures_util::stream::unfold(
         (state, query, false, false),
@@ -385,7 +490,14 @@ async fn export_events(
                 }
             };
             let last_page = (rows.len() as i64) < query.limit;
-            query.before_id = rows.last().map(|e| e.id);
+            // With `after=` the export reads forward, oldest first; otherwise backward,
+            // newest first. Each page continues where the last one ended, in the same
+            // direction, so no row comes twice and none is skipped.
+            if forward {
+                query.after_id = rows.last().map(|e| e.id).or(query.after_id);
+            } else {
+                query.before_id = rows.last().map(|e| e.id);
+            }
             let mut chunk = String::new();
             for e in &rows {
                 if csv {
@@ -579,10 +691,38 @@ mod tests {
             details: serde_json::json!({}),
             prev_hash: String::new(),
             hash: String::new(),
+            mac: None,
+            mac_kek: None,
         };
         assert_eq!(
             csv_line(&e),
             "7,1970-01-01T00:00:00.000000Z,notice,keys.revoked,'=cmd|' /C calc'!A0,ui,,a b,\"leaked, \"\"maybe\"\"\",{}\n"
         );
     }
+}
+
+/// Server functions answer a request whose arguments do not decode (a missing field, a
+/// wrong type, a body that is not a form) with 500 and the decoder's text. That is the
+/// client's mistake: make it a 400 with a plain message, like every other bad input.
+pub async fn bad_arguments_are_400(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    if response.status() != StatusCode::INTERNAL_SERVER_ERROR {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "Internal error.").into_response();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let argument_error = ["Args|", "Deserialization|", "MissingArg|"]
+        .iter()
+        .any(|p| text.starts_with(p));
+    if argument_error {
+        return (
+            StatusCode::BAD_REQUEST,
+            "The request's arguments are missing or malformed.",
+        )
+            .into_response();
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }

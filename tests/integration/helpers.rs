@@ -365,10 +365,15 @@ impl UiAnswer {
 
 impl UiClient {
     pub fn new(app: &TestApp) -> Self {
+        Self::at(&app.url)
+    }
+
+    /// A browser's view of the server at `base` (e.g. a `signet serve` process).
+    pub fn at(base: &str) -> Self {
         Self {
-            base: app.url.clone(),
+            base: base.to_string(),
             cookie: None,
-            origin: Some(app.url.clone()),
+            origin: Some(base.to_string()),
             forwarded_for: None,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())

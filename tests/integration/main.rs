@@ -5,6 +5,7 @@
 
 mod admin;
 mod api;
+mod audit_mac;
 mod badinput;
 mod cli;
 mod crash;
@@ -12,6 +13,7 @@ mod health;
 mod helpers;
 mod interop;
 mod keys;
+mod live_tail;
 mod migrations;
 mod outage;
 mod scheduler;

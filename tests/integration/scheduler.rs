@@ -9,7 +9,7 @@ use signet::domain::audit::kind;
 use signet::server::audit::{self, StoredEvent};
 use signet::server::config::Config;
 use signet::server::scheduler::housekeeping_pass;
-use signet::server::storage::{self, EventQuery, Storage};
+use signet::server::storage::{EventQuery, Storage};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Stdio};
@@ -112,7 +112,16 @@ fn env_with(db: &TestDb, cron: &str) -> Vec<(String, String)> {
 }
 
 async fn open_storage(db: &TestDb) -> Arc<dyn Storage> {
-    storage::connect(&db.config().database_url).await.unwrap()
+    open_keyed(&db.config()).await
+}
+
+/// Another process's storage on the same database, with the KEK (and so the audit
+/// chain's MAC keys) the way every command opens it.
+async fn open_keyed(config: &Config) -> Arc<dyn Storage> {
+    signet::server::startup::open(config, Default::default())
+        .await
+        .unwrap()
+        .0
 }
 
 /// A scheduled rotation as its event records it.
@@ -229,9 +238,18 @@ async fn events_of(storage: &dyn Storage, kind: &str) -> Vec<StoredEvent> {
 }
 
 /// Rewrites the audit log as if events up to `upto_id` had been written `days` ago,
-/// re-hashing the whole chain so it verifies: a history that is really old.
+/// re-hashing the whole chain and re-computing its MACs (with the KEK) so it verifies:
+/// a history that is really old.
 async fn backdate_events(app: &Quiet, upto_id: i64, days: i64) {
+    rewrite_events(app, upto_id, days, true).await;
+    verify_chain(app.state.storage.as_ref()).await;
+}
+
+/// The rewrite of [`backdate_events`]; without `with_kek`, as someone with database
+/// access but no KEK would: hashes recomputed, the MACs left as they were.
+async fn rewrite_events(app: &Quiet, upto_id: i64, days: i64, with_kek: bool) {
     let (mut events, _, _) = app.state.storage.audit_chain().await.unwrap();
+    let keys = audit::AuditKeys::new((*app.state.keyring).clone());
     let at = audit::now() - chrono::Duration::days(days);
     let mut prev = events[0].prev_hash.clone();
     for e in &mut events {
@@ -241,11 +259,17 @@ async fn backdate_events(app: &Quiet, upto_id: i64, days: i64) {
         e.prev_hash = prev.clone();
         e.hash = e.expected_hash();
         prev = e.hash.clone();
+        let (kek, mac) = keys.sign(&e.hash);
+        let (kek, mac) = if with_kek {
+            (kek, mac)
+        } else {
+            (e.mac_kek.clone().unwrap(), e.mac.clone().unwrap())
+        };
         let literal = e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
         app.db
             .execute(&format!(
-                "UPDATE audit_events SET at = '{literal}', prev_hash = '{}', hash = '{}' \
-                 WHERE id = {}",
+                "UPDATE audit_events SET at = '{literal}', prev_hash = '{}', hash = '{}', \
+                 mac = '{mac}', mac_kek = '{kek}' WHERE id = {}",
                 e.prev_hash, e.hash, e.id
             ))
             .await
@@ -257,7 +281,6 @@ async fn backdate_events(app: &Quiet, upto_id: i64, days: i64) {
         ))
         .await
         .unwrap();
-    verify_chain(app.state.storage.as_ref()).await;
 }
 
 async fn verify_chain(storage: &dyn Storage) -> usize {
@@ -504,7 +527,7 @@ async fn the_claim_in_the_transaction_lets_one_of_two_prepared_rotations_through
         env.push(("SIGNET_ALGORITHMS".into(), "EdDSA,ES256".into()));
         let config = Config::from_sources(None, env).unwrap();
         let app = Quiet::new(db, config.clone()).await;
-        let other_storage = storage::connect(&config.database_url).await.unwrap();
+        let other_storage = open_keyed(&config).await;
         let other = KeyService::new(
             other_storage.clone(),
             app.state.keyring.clone(),
@@ -652,7 +675,7 @@ async fn housekeeping_prunes_retired_keys_beyond_the_cap_once_from_two_instances
 
         // A second instance on the same database; both run housekeeping at once.
         let b_config = capped_config(&a.db, 2);
-        let b_storage = storage::connect(&b_config.database_url).await.unwrap();
+        let b_storage = open_keyed(&b_config).await;
         let b_keys = signet::server::keys::KeyService::new(
             b_storage.clone(),
             a.state.keyring.clone(),
@@ -760,9 +783,7 @@ async fn housekeeping_prunes_old_events_and_the_chain_still_verifies() {
 
         // Two instances' passes at once delete them once, with one record of it.
         let now = Utc::now();
-        let storage_b = storage::connect(&app.state.config.database_url)
-            .await
-            .unwrap();
+        let storage_b = open_keyed(&app.state.config).await;
         let (ra, rb) = tokio::join!(
             housekeeping_pass(
                 &app.state.keys,
@@ -1011,5 +1032,42 @@ async fn pruning_refuses_to_delete_across_a_broken_chain() {
             "{out:?}"
         );
         app.stop().await;
+    }
+}
+
+/// Pruning checks the MACs of what it deletes, too: old events rewritten with their
+/// hashes recomputed, by someone without the KEK, are not deleted and re-anchored.
+#[tokio::test]
+async fn pruning_refuses_events_rewritten_without_the_kek() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let config = db.config();
+        let app = Quiet::new(db, config).await;
+        let actor = signet::server::keys::Actor::cli();
+        for _ in 0..2 {
+            app.state
+                .keys
+                .rotate(None, false, None, &actor)
+                .await
+                .unwrap();
+        }
+        rewrite_events(&app, 2, 100, false).await;
+        let (before, _, _) = app.state.storage.audit_chain().await.unwrap();
+        let result = housekeeping_pass(
+            &app.state.keys,
+            app.state.storage.as_ref(),
+            &app.state.config,
+            Utc::now(),
+        )
+        .await;
+        let err = result.expect_err("pruning events with bad MACs must fail");
+        let message = err.to_string();
+        assert!(message.contains("audit chain is broken"), "{message}");
+        assert!(message.contains("MAC does not match"), "{message}");
+        let (after, _, _) = app.state.storage.audit_chain().await.unwrap();
+        assert_eq!(
+            after, before,
+            "{backend:?}: nothing deleted, nothing recorded"
+        );
     }
 }

@@ -47,6 +47,36 @@ pub enum StorageError {
     /// Another instance already claimed this scheduled slot (or a later one).
     #[error("the scheduled slot was already handled")]
     SlotTaken,
+    /// Audit events are authenticated with a key derived from the KEK; a process without
+    /// one cannot write them.
+    #[error("audit events cannot be written without a key-encryption key")]
+    NoAuditKey,
+}
+
+/// What a backend keeps to key the audit chain: the MAC keys (once the KEK is loaded)
+/// and whether this process has already looked for old events to key.
+#[derive(Debug, Default)]
+pub struct AuditKeyState {
+    keys: std::sync::RwLock<Option<Arc<crate::server::audit::AuditKeys>>>,
+    looked: std::sync::atomic::AtomicBool,
+}
+
+impl AuditKeyState {
+    fn set(&self, keys: crate::server::audit::AuditKeys) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(keys));
+    }
+
+    fn get(&self) -> Option<Arc<crate::server::audit::AuditKeys>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What keying the pre-existing audit chain did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedChain {
+    /// How many old events were given their MAC.
+    pub events: u64,
+    pub kek_id: String,
 }
 
 /// What callers tell a client when the database cannot be reached.
@@ -480,7 +510,23 @@ pub trait Storage: Send + Sync + 'static {
     async fn forgive_login_failure(&self, key: &str) -> Result<(), StorageError>;
 
     /// The whole chain in id order and the head (last id, last hash), for verification.
-    async fn audit_chain(&self) -> Result<(Vec<StoredEvent>, i64, String), StorageError>;
+    async fn audit_chain(&self) -> Result<(Vec<StoredEvent>, i64, String), StorageError> {
+        let log = self.audit_log().await?;
+        Ok((log.events, log.head_id, log.head_hash))
+    }
+
+    /// The whole log with its head and where the keyed chain begins, from one snapshot.
+    async fn audit_log(&self) -> Result<crate::server::audit::AuditLog, StorageError>;
+
+    /// Gives the storage the MAC keys of the audit chain (derived from the KEKs). Until
+    /// then, appending an event fails with `NoAuditKey`; reading never needs them.
+    fn set_audit_keys(&self, keys: crate::server::audit::AuditKeys);
+
+    /// Gives the events from before the chain was keyed their MACs, in one transaction
+    /// with an `audit.keyed` event, after checking their hash chain. `None` when there is
+    /// nothing to key; `Corrupt` (nothing written) when the chain is broken, which is
+    /// never blessed with MACs. Writers do this by themselves before their first event.
+    async fn key_audit_chain(&self) -> Result<Option<KeyedChain>, StorageError>;
 
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);

@@ -12,6 +12,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 pub struct PostgresStorage {
     pool: PgPool,
+    audit: super::AuditKeyState,
 }
 
 impl PostgresStorage {
@@ -23,7 +24,10 @@ impl PostgresStorage {
             .acquire_timeout(Duration::from_secs(3))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            audit: Default::default(),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {

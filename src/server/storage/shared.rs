@@ -23,8 +23,8 @@ pub const KEY_COLUMNS: &str = "kid, alg, state, public_jwk, private_sealed, kek_
 pub const ADMIN_COLUMNS: &str = "id, email, role, password_hash, must_change_password, \
      created_at, disabled_at, last_login_at, sessions_valid_after, password_expires_at";
 
-pub const EVENT_COLUMNS: &str =
-    "id, at, level, kind, actor, trigger, source, kids, reason, details, prev_hash, hash";
+pub const EVENT_COLUMNS: &str = "id, at, level, kind, actor, trigger, source, kids, reason, details, prev_hash, hash, \
+     mac, mac_kek";
 
 /// A unique-index violation means another writer got there first: a `Conflict`, which
 /// callers retry or report, not a database failure.
@@ -139,6 +139,8 @@ where
         details: serde_json::from_str(&details).map_err(|_| corrupt("details", &details))?,
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
+        mac: row.try_get("mac")?,
+        mac_kek: row.try_get("mac_kek")?,
     })
 }
 
@@ -164,10 +166,35 @@ macro_rules! storage_impl {
         specific = { $($specific:tt)* }
     ) => {
         impl $ty {
-            /// Appends one event to the hash chain inside `tx`. Locking the head row
-            /// serializes appenders, so the chain never forks.
+            /// Appends one event to the hash chain inside `tx`, with its MAC under the
+            /// active KEK. Locking the head row serializes appenders, so the chain never
+            /// forks. A process's first append keys the old chain first, if it has to.
             async fn append_event_tx(
+                &self,
                 tx: &mut sqlx::Transaction<'_, $db>,
+                event: &crate::server::audit::NewEvent,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), StorageError> {
+                use std::sync::atomic::Ordering;
+                let keys = self.audit.get().ok_or(StorageError::NoAuditKey)?;
+                if !self.audit.looked.load(Ordering::Relaxed) {
+                    match self.key_chain_tx(tx, &keys).await {
+                        Ok(_) => {}
+                        // The error says why; the event is still written (with its MAC),
+                        // so a broken old log never stops a revocation.
+                        Err(StorageError::Corrupt(why)) => {
+                            tracing::error!("{why}");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    self.audit.looked.store(true, Ordering::Relaxed);
+                }
+                Self::append_keyed_tx(tx, &keys, event, at).await
+            }
+
+            async fn append_keyed_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                keys: &crate::server::audit::AuditKeys,
                 event: &crate::server::audit::NewEvent,
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), StorageError> {
@@ -190,10 +217,11 @@ macro_rules! storage_impl {
                     event.reason.as_deref(),
                     &details,
                 );
+                let (mac_kek, mac) = keys.sign(&hash);
                 sqlx::query(
                     "INSERT INTO audit_events (id, at, level, kind, actor, trigger, source, kids, \
-                       reason, details, prev_hash, hash) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                       reason, details, prev_hash, hash, mac, mac_kek) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 )
                 .bind(id)
                 .bind(at)
@@ -207,6 +235,8 @@ macro_rules! storage_impl {
                 .bind(&details)
                 .bind(&last_hash)
                 .bind(&hash)
+                .bind(&mac)
+                .bind(&mac_kek)
                 .execute(&mut **tx)
                 .await?;
                 sqlx::query("UPDATE audit_head SET last_id = $1, last_hash = $2 WHERE id = 1")
@@ -215,6 +245,92 @@ macro_rules! storage_impl {
                     .execute(&mut **tx)
                     .await?;
                 Ok(())
+            }
+
+            /// Keys the events from before the keyed chain inside `tx` (see
+            /// `Storage::key_audit_chain`).
+            async fn key_chain_tx(
+                &self,
+                tx: &mut sqlx::Transaction<'_, $db>,
+                keys: &crate::server::audit::AuditKeys,
+            ) -> Result<Option<super::KeyedChain>, StorageError> {
+                use crate::server::audit::{self, Macs};
+                // The head lock first: a second instance keying at once waits here, then
+                // finds nothing left to do.
+                let (last_id, last_hash): (i64, String) =
+                    sqlx::query_as($lock_head).fetch_one(&mut **tx).await?;
+                let waiting: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE mac IS NULL")
+                        .fetch_one(&mut **tx)
+                        .await?;
+                if waiting == 0 {
+                    return Ok(None);
+                }
+                let keyed_from: i64 =
+                    sqlx::query_scalar("SELECT keyed_from FROM audit_head WHERE id = 1")
+                        .fetch_one(&mut **tx)
+                        .await?;
+                let sql = format!(
+                    "SELECT {} FROM audit_events ORDER BY id",
+                    super::shared::EVENT_COLUMNS
+                );
+                let events = sqlx::query(&sql)
+                    .fetch_all(&mut **tx)
+                    .await?
+                    .iter()
+                    .map(super::shared::event_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                // Only an intact chain is blessed: every hash and link, every MAC that
+                // is there, and no row missing one that was written after keying began.
+                let macs = Macs::Check {
+                    keys: Some(keys),
+                    keyed_from,
+                    accept_unkeyed: true,
+                };
+                audit::verify_chain_with(&events, last_id, &last_hash, macs).map_err(|b| {
+                    StorageError::Corrupt(format!(
+                        "the audit chain is broken ({b}); its older events are not given MACs \
+                         until `signet audit verify` passes"
+                    ))
+                })?;
+                let mut keyed = 0u64;
+                for e in events.iter().filter(|e| e.mac.is_none()) {
+                    let (kek, mac) = keys.sign(&e.hash);
+                    sqlx::query("UPDATE audit_events SET mac = $1, mac_kek = $2 WHERE id = $3")
+                        .bind(&mac)
+                        .bind(&kek)
+                        .bind(e.id)
+                        .execute(&mut **tx)
+                        .await?;
+                    keyed += 1;
+                }
+                let kek_id = keys.active_id().to_string();
+                let event = crate::server::audit::NewEvent {
+                    level: crate::domain::audit::Level::Notice,
+                    kind: crate::domain::audit::kind::AUDIT_KEYED,
+                    actor: "system".into(),
+                    trigger: crate::domain::audit::Trigger::Scheduler,
+                    source: None,
+                    kids: Vec::new(),
+                    reason: None,
+                    details: serde_json::json!({
+                        "events": keyed,
+                        "first_id": events.first().map(|e| e.id),
+                        "last_id": last_id,
+                        "kek": kek_id,
+                    }),
+                };
+                Self::append_keyed_tx(tx, keys, &event, crate::server::audit::now()).await?;
+                tracing::warn!(
+                    events = keyed,
+                    kek = %kek_id,
+                    "the audit log predated keyed MACs: its hash chain checked out and its \
+                     events are now authenticated under the key-encryption key"
+                );
+                Ok(Some(super::KeyedChain {
+                    events: keyed,
+                    kek_id,
+                }))
             }
 
             /// Bumps the key version inside `tx` and, where the backend can, tells the
@@ -380,7 +496,7 @@ macro_rules! storage_impl {
                 }
                 Self::keys_changed_tx(&mut tx).await?;
                 for event in &change.events {
-                    Self::append_event_tx(&mut tx, event, change.now).await?;
+                    self.append_event_tx(&mut tx, event, change.now).await?;
                 }
                 tx.commit().await?;
                 Ok(())
@@ -407,7 +523,7 @@ macro_rules! storage_impl {
                         return Err(StorageError::Conflict);
                     }
                 }
-                Self::append_event_tx(&mut tx, event, crate::server::audit::now()).await?;
+                self.append_event_tx(&mut tx, event, crate::server::audit::now()).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -485,7 +601,7 @@ macro_rules! storage_impl {
                 event: &crate::server::audit::NewEvent,
             ) -> Result<(), StorageError> {
                 let mut tx = self.pool.begin_with($begin).await?;
-                Self::append_event_tx(&mut tx, event, crate::server::audit::now()).await?;
+                self.append_event_tx(&mut tx, event, crate::server::audit::now()).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -519,7 +635,7 @@ macro_rules! storage_impl {
                 .rows_affected()
                     == 1;
                 if done {
-                    Self::append_event_tx(&mut tx, event, at).await?;
+                    self.append_event_tx(&mut tx, event, at).await?;
                     tx.commit().await?;
                 }
                 Ok(done)
@@ -608,7 +724,7 @@ macro_rules! storage_impl {
                     .rows_affected()
                     == 1;
                 if inserted {
-                    Self::append_event_tx(&mut tx, event, a.created_at).await?;
+                    self.append_event_tx(&mut tx, event, a.created_at).await?;
                     tx.commit().await?;
                 }
                 Ok(inserted)
@@ -668,7 +784,7 @@ macro_rules! storage_impl {
                 if result.rows_affected() != 1 {
                     return Ok(false);
                 }
-                Self::append_event_tx(&mut tx, event, at).await?;
+                self.append_event_tx(&mut tx, event, at).await?;
                 tx.commit().await?;
                 Ok(true)
             }
@@ -845,7 +961,7 @@ macro_rules! storage_impl {
                 .await
                 // The token name is unique.
                 .map_err(super::shared::unique_is_conflict)?;
-                Self::append_event_tx(&mut tx, event, t.created_at).await?;
+                self.append_event_tx(&mut tx, event, t.created_at).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -909,7 +1025,7 @@ macro_rules! storage_impl {
                     .execute(&mut *tx)
                     .await?;
                 if let Some(event) = event {
-                    Self::append_event_tx(&mut tx, event, s.updated_at).await?;
+                    self.append_event_tx(&mut tx, event, s.updated_at).await?;
                 }
                 tx.commit().await?;
                 Ok(())
@@ -969,7 +1085,7 @@ macro_rules! storage_impl {
                 Self::keys_changed_tx(&mut tx).await?;
                 let mut event = event.clone();
                 event.kids = kids.clone();
-                Self::append_event_tx(&mut tx, &event, now).await?;
+                self.append_event_tx(&mut tx, &event, now).await?;
                 tx.commit().await?;
                 Ok(kids)
             }
@@ -1048,7 +1164,18 @@ macro_rules! storage_impl {
                     .iter()
                     .map(super::shared::event_from_row)
                     .collect::<Result<Vec<_>, _>>()?;
-                let last_deleted = crate::server::audit::check_links(&doomed, &anchor)
+                // Their MACs too: rows rewritten without the KEK are not deleted either.
+                let keys = self.audit.get();
+                let keyed_from: i64 =
+                    sqlx::query_scalar("SELECT keyed_from FROM audit_head WHERE id = 1")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let macs = crate::server::audit::Macs::Check {
+                    keys: keys.as_deref(),
+                    keyed_from,
+                    accept_unkeyed: false,
+                };
+                let last_deleted = crate::server::audit::check_links(&doomed, &anchor, macs)
                     .map_err(|b| broken(b.to_string()))?;
                 let kept: Option<(i64, String)> = sqlx::query_as(
                     "SELECT id, prev_hash FROM audit_events WHERE id >= $1 ORDER BY id LIMIT 1",
@@ -1080,7 +1207,7 @@ macro_rules! storage_impl {
                     "first_kept_id": first_kept_id,
                     "anchor": anchor,
                 });
-                Self::append_event_tx(&mut tx, &event, now).await?;
+                self.append_event_tx(&mut tx, &event, now).await?;
                 tx.commit().await?;
                 Ok(super::PrunedEvents {
                     deleted,
@@ -1088,30 +1215,51 @@ macro_rules! storage_impl {
                 })
             }
 
-            async fn audit_chain(
+            async fn audit_log(
                 &self,
-            ) -> Result<(Vec<crate::server::audit::StoredEvent>, i64, String), StorageError> {
+            ) -> Result<crate::server::audit::AuditLog, StorageError> {
                 // Head and rows from one snapshot: neither an event appended meanwhile nor
                 // a pruning pass (which deletes old rows and appends its record) can make
                 // a healthy log look broken.
                 let mut tx = self.pool.begin_with($read_snapshot).await?;
-                let (last_id, last_hash): (i64, String) =
-                    sqlx::query_as("SELECT last_id, last_hash FROM audit_head WHERE id = 1")
-                        .fetch_one(&mut *tx)
-                        .await?;
+                let (head_id, head_hash, keyed_from): (i64, String, i64) = sqlx::query_as(
+                    "SELECT last_id, last_hash, keyed_from FROM audit_head WHERE id = 1",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
                 let sql = format!(
                     "SELECT {} FROM audit_events WHERE id <= $1 ORDER BY id",
                     super::shared::EVENT_COLUMNS
                 );
                 let events = sqlx::query(&sql)
-                    .bind(last_id)
+                    .bind(head_id)
                     .fetch_all(&mut *tx)
                     .await?
                     .iter()
                     .map(super::shared::event_from_row)
                     .collect::<Result<Vec<_>, _>>()?;
                 tx.commit().await?;
-                Ok((events, last_id, last_hash))
+                Ok(crate::server::audit::AuditLog {
+                    events,
+                    head_id,
+                    head_hash,
+                    keyed_from,
+                })
+            }
+
+            fn set_audit_keys(&self, keys: crate::server::audit::AuditKeys) {
+                self.audit.set(keys);
+            }
+
+            async fn key_audit_chain(&self) -> Result<Option<super::KeyedChain>, StorageError> {
+                let keys = self.audit.get().ok_or(StorageError::NoAuditKey)?;
+                let mut tx = self.pool.begin_with($begin).await?;
+                let keyed = self.key_chain_tx(&mut tx, &keys).await?;
+                tx.commit().await?;
+                self.audit
+                    .looked
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(keyed)
             }
         }
     };

@@ -20,6 +20,7 @@ pub struct SqliteStorage {
     /// a deleted or replaced file, so readiness compares these to notice that the
     /// database the service writes to is no longer the one at the configured path.
     identity: Option<(u64, u64)>,
+    audit: super::AuditKeyState,
 }
 
 impl SqliteStorage {
@@ -58,6 +59,7 @@ impl SqliteStorage {
             pool,
             file,
             identity,
+            audit: Default::default(),
         })
     }
 
