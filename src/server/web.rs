@@ -634,6 +634,32 @@ pub fn peer(parts: &axum::http::request::Parts) -> Option<SocketAddr> {
         .map(|ConnectInfo(a)| *a)
 }
 
+/// Server functions answer a request whose arguments do not decode (a missing field, a
+/// wrong type, a body that is not a form) with 500 and the decoder's text. That is the
+/// client's mistake: make it a 400 with a plain message, like every other bad input.
+pub async fn bad_arguments_are_400(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    if response.status() != StatusCode::INTERNAL_SERVER_ERROR {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "Internal error.").into_response();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let argument_error = ["Args|", "Deserialization|", "MissingArg|"]
+        .iter()
+        .any(|p| text.starts_with(p));
+    if argument_error {
+        return (
+            StatusCode::BAD_REQUEST,
+            "The request's arguments are missing or malformed.",
+        )
+            .into_response();
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -699,30 +725,4 @@ mod tests {
             "7,1970-01-01T00:00:00.000000Z,notice,keys.revoked,'=cmd|' /C calc'!A0,ui,,a b,\"leaked, \"\"maybe\"\"\",{}\n"
         );
     }
-}
-
-/// Server functions answer a request whose arguments do not decode (a missing field, a
-/// wrong type, a body that is not a form) with 500 and the decoder's text. That is the
-/// client's mistake: make it a 400 with a plain message, like every other bad input.
-pub async fn bad_arguments_are_400(req: Request, next: Next) -> Response {
-    let response = next.run(req).await;
-    if response.status() != StatusCode::INTERNAL_SERVER_ERROR {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "Internal error.").into_response();
-    };
-    let text = String::from_utf8_lossy(&bytes);
-    let argument_error = ["Args|", "Deserialization|", "MissingArg|"]
-        .iter()
-        .any(|p| text.starts_with(p));
-    if argument_error {
-        return (
-            StatusCode::BAD_REQUEST,
-            "The request's arguments are missing or malformed.",
-        )
-            .into_response();
-    }
-    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
