@@ -137,11 +137,6 @@ impl KeySnapshot {
         }
     }
 
-    /// True when every enabled algorithm has an active key with its signer loaded.
-    pub fn complete(&self, enabled: &[Algorithm]) -> bool {
-        self.version >= 0 && enabled.iter().all(|a| self.signers.contains_key(a))
-    }
-
     /// Why this snapshot cannot sign for every enabled algorithm, if it cannot: one
     /// sentence per algorithm (a missing KEK names its id).
     pub fn problems(&self, enabled: &[Algorithm]) -> Vec<String> {
