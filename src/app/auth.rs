@@ -18,9 +18,10 @@ pub async fn who_am_i() -> Result<Option<Me>, ServerFnError> {
     else {
         return Ok(None);
     };
-    let admin = crate::server::session::current(&session, state.storage.as_ref(), &state.config)
-        .await
-        .map_err(|e| ServerFnError::new(e.to_string()))?;
+    let admin =
+        crate::server::accounts::sessions::current(&session, state.storage.as_ref(), &state.config)
+            .await
+            .map_err(|e| ServerFnError::new(e.to_string()))?;
     Ok(admin.map(|a| Me {
         email: a.email.to_string(),
         role: a.role,
@@ -51,8 +52,8 @@ pub async fn sign_in(
     password: String,
     next: String,
 ) -> Result<String, ServerFnError> {
-    use super::guard::{internal, refuse, require_same_origin};
-    use crate::server::auth::{self, AuthError};
+    use super::guard::{fault, internal, refuse, require_same_origin};
+    use crate::server::accounts::admins::{self, AuthError};
     use axum::http::StatusCode;
     let (state, session, source) = require_same_origin()?;
     if password.chars().count() > crate::domain::admin::MAX_PASSWORD_CHARS
@@ -60,13 +61,13 @@ pub async fn sign_in(
     {
         return Err(refuse(StatusCode::BAD_REQUEST, "That input is too long."));
     }
-    match auth::sign_in(state.storage.as_ref(), &email, password, source).await {
+    match admins::sign_in(state.storage.as_ref(), &email, password, source).await {
         Ok(admin) => {
-            crate::server::session::start(&session, &admin)
+            crate::server::accounts::sessions::start(&session, &admin)
                 .await
-                .map_err(internal)?;
+                .map_err(fault)?;
             Ok(if admin.must_change_password {
-                crate::server::web::PASSWORD_PAGE.to_string()
+                crate::server::http::ui::PASSWORD_PAGE.to_string()
             } else {
                 safe_next(&next)
             })
@@ -92,13 +93,13 @@ pub async fn sign_in(
 pub async fn sign_out() -> Result<(), ServerFnError> {
     use super::guard::{Access, require_any_password};
     let caller = require_any_password(Access::Change).await?;
-    crate::server::auth::signed_out(
+    crate::server::accounts::admins::signed_out(
         caller.state.storage.as_ref(),
         &caller.admin,
         caller.source.clone(),
     )
     .await;
-    crate::server::session::end(&caller.session).await;
+    crate::server::accounts::sessions::end(&caller.session).await;
     Ok(())
 }
 
@@ -106,11 +107,11 @@ pub async fn sign_out() -> Result<(), ServerFnError> {
 /// under a fresh id.
 #[server(prefix = "/ui", endpoint = "change_password")]
 pub async fn change_password(current: String, new: String) -> Result<(), ServerFnError> {
-    use super::guard::{Access, internal, refuse, require_any_password};
-    use crate::server::auth::{self, AuthError};
+    use super::guard::{Access, fault, internal, refuse, require_any_password};
+    use crate::server::accounts::admins::{self, AuthError};
     use axum::http::StatusCode;
     let caller = require_any_password(Access::Change).await?;
-    match auth::change_own_password(
+    match admins::change_own_password(
         caller.state.storage.as_ref(),
         &caller.admin,
         current,
@@ -126,10 +127,10 @@ pub async fn change_password(current: String, new: String) -> Result<(), ServerF
                 .find_admin(&caller.admin.id)
                 .await
                 .map_err(internal)?
-                .ok_or_else(|| internal("admin vanished"))?;
-            crate::server::session::start(&caller.session, &admin)
+                .ok_or_else(|| fault("admin vanished"))?;
+            crate::server::accounts::sessions::start(&caller.session, &admin)
                 .await
-                .map_err(internal)?;
+                .map_err(fault)?;
             Ok(())
         }
         Err(e @ (AuthError::Password(_) | AuthError::WrongPassword)) => Err(refuse(

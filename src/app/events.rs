@@ -19,37 +19,24 @@ pub async fn list_events_page(
     cursor: Option<i64>,
 ) -> Result<EventPage, ServerFnError> {
     use super::guard::{Access, internal, refuse, require};
-    use crate::server::web::{EventFilter, event_view};
+    use crate::domain::audit::EventFilter;
     use axum::http::StatusCode;
     let caller = require(crate::domain::Role::Viewer, Access::Read).await?;
-    let f = EventFilter {
-        level: Some(filter.level),
-        kind: Some(filter.kind),
-        actor: Some(filter.actor),
-        since: Some(filter.since),
-        until: Some(filter.until),
-        after: None,
-        format: None,
-    };
-    let mut query = f
-        .query(PAGE_SIZE + 1)
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
-    query.before_id = cursor;
-    let mut rows = caller
-        .state
-        .storage
-        .list_events(&query)
+    let filter = EventFilter::parse(
+        Some(&filter.level),
+        Some(&filter.kind),
+        Some(&filter.actor),
+        Some(&filter.since),
+        Some(&filter.until),
+    )
+    .map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
+    let storage = caller.state.storage.as_ref();
+    let (rows, next_cursor) = crate::server::events::page(storage, &filter, cursor, PAGE_SIZE)
         .await
         .map_err(internal)?;
-    let more = rows.len() as i64 > PAGE_SIZE;
-    rows.truncate(PAGE_SIZE as usize);
     Ok(EventPage {
-        next_cursor: if more {
-            rows.last().map(|e| e.id)
-        } else {
-            None
-        },
-        events: rows.iter().map(event_view).collect(),
+        next_cursor,
+        events: rows.iter().map(EventView::from).collect(),
     })
 }
 

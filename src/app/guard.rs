@@ -25,9 +25,10 @@ mod server {
     use super::*;
     use crate::domain::Role;
     use crate::server::AppState;
-    use crate::server::session::{self, Denied};
+    use crate::server::accounts::sessions::{self, Denied};
+    use crate::server::error::{Classify, Refusal};
     use crate::server::storage::AdminRow;
-    use crate::server::web;
+
     use axum::http::StatusCode;
     use axum::http::request::Parts;
     use leptos::prelude::{expect_context, use_context};
@@ -50,8 +51,8 @@ mod server {
     }
 
     impl Caller {
-        pub fn actor(&self) -> crate::server::keys::Actor {
-            crate::server::auth::admin_actor(&self.admin, self.source.clone())
+        pub fn actor(&self) -> crate::server::audit::Actor {
+            crate::server::accounts::admins::admin_actor(&self.admin, self.source.clone())
         }
     }
 
@@ -63,16 +64,25 @@ mod server {
         ServerFnError::ServerError(message.into())
     }
 
-    /// An internal failure: logged with its cause, reported without it. A database that
-    /// cannot be reached is an outage, not a fault: 503 and a sentence saying so.
-    pub fn internal<E: std::fmt::Display + 'static>(e: E) -> ServerFnError {
-        if unavailable(&e) {
-            tracing::warn!(error = %e, "server function: database unavailable");
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                sentence(crate::server::storage::UNAVAILABLE_MESSAGE),
-            );
+    /// A failed service call, answered as [`crate::server::error`] classifies it: a refusal
+    /// with its status and a sentence, or an internal failure, logged with its cause and
+    /// reported without it. A database that cannot be reached is an outage (503), not a
+    /// fault.
+    pub fn internal<E: Classify>(e: E) -> ServerFnError {
+        match e.refusal() {
+            Some(r) => {
+                if let Refusal::Unavailable(_) = r {
+                    tracing::warn!(error = %e, "server function: unavailable");
+                }
+                refusal(r)
+            }
+            None => fault(e),
         }
+    }
+
+    /// A fault that is no service's (a session store error, a missing layer): logged with
+    /// its cause and reported without it.
+    pub fn fault<E: std::fmt::Display>(e: E) -> ServerFnError {
         tracing::error!(error = %e, "server function failed");
         refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -80,31 +90,9 @@ mod server {
         )
     }
 
-    /// Whether an error any server function may meet comes from an unreachable database.
-    fn unavailable(e: &dyn std::any::Any) -> bool {
-        use crate::server::auth::AuthError;
-        use crate::server::keys::{KeyError, ScheduleError};
-        use crate::server::storage::StorageError;
-        use crate::server::tokens::TokenError;
-        let storage = e
-            .downcast_ref::<StorageError>()
-            .or_else(|| match e.downcast_ref::<KeyError>() {
-                Some(KeyError::Storage(s)) => Some(s),
-                _ => None,
-            })
-            .or_else(|| match e.downcast_ref::<ScheduleError>() {
-                Some(ScheduleError::Storage(s)) => Some(s),
-                _ => None,
-            })
-            .or_else(|| match e.downcast_ref::<AuthError>() {
-                Some(AuthError::Storage(s)) => Some(s),
-                _ => None,
-            })
-            .or_else(|| match e.downcast_ref::<TokenError>() {
-                Some(TokenError::Storage(s)) => Some(s),
-                _ => None,
-            });
-        storage.is_some_and(StorageError::is_unavailable)
+    /// A refusal the service classified: its status and message as a sentence.
+    pub fn refusal(r: Refusal) -> ServerFnError {
+        refuse(r.status(), sentence(r.message()))
     }
 
     fn denied(d: Denied) -> ServerFnError {
@@ -123,21 +111,22 @@ mod server {
             .unwrap_or_default()
     }
 
-    /// An error's text as a sentence for the page: capitalized, with a full stop.
-    pub fn sentence(s: &str) -> String {
-        format!("{}.", capitalize(s))
-    }
+    pub use crate::domain::text::sentence;
 
     /// The request's parts, session and source address.
     pub fn request() -> Result<(AppState, Parts, Session, Option<String>), ServerFnError> {
         let state = expect_context::<AppState>();
-        let parts = use_context::<Parts>().ok_or_else(|| internal("no request in context"))?;
+        let parts = use_context::<Parts>().ok_or_else(|| fault("no request in context"))?;
         let session = parts
             .extensions
             .get::<Session>()
             .cloned()
-            .ok_or_else(|| internal("no session layer on this route"))?;
-        let source = web::source_of(&state, web::peer(&parts), &parts.headers);
+            .ok_or_else(|| fault("no session layer on this route"))?;
+        let source = crate::server::http::client_ip::source_of(
+            &state,
+            crate::server::http::client_ip::peer(&parts),
+            &parts.headers,
+        );
         Ok((state, parts, session, source))
     }
 
@@ -158,10 +147,10 @@ mod server {
         allow_one_time: bool,
     ) -> Result<Caller, ServerFnError> {
         let (state, parts, session, source) = request()?;
-        if access == Access::Change && !session::same_origin(&parts.headers, &state.config) {
+        if access == Access::Change && !sessions::same_origin(&parts.headers, &state.config) {
             return Err(denied(Denied::Origin));
         }
-        let admin = session::current(&session, state.storage.as_ref(), &state.config)
+        let admin = sessions::current(&session, state.storage.as_ref(), &state.config)
             .await
             .map_err(denied)?
             .ok_or_else(|| denied(Denied::SignedOut))?;
@@ -182,7 +171,7 @@ mod server {
     /// For the sign-in form, which has no session yet: only the origin check.
     pub fn require_same_origin() -> Result<(AppState, Session, Option<String>), ServerFnError> {
         let (state, parts, session, source) = request()?;
-        if !session::same_origin(&parts.headers, &state.config) {
+        if !sessions::same_origin(&parts.headers, &state.config) {
             return Err(denied(Denied::Origin));
         }
         Ok((state, session, source))

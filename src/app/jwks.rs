@@ -1,6 +1,7 @@
 //! `/config/jwks`: every signing key, grouped by algorithm, with its state, timestamps,
 //! public JWK and a timeline; and the Rotate Keys, Rotate and revoke, and Revoke actions.
 
+use super::components::CopyButton;
 use super::guard::describe;
 use super::timeline::Timeline;
 use super::wire::{ActionOutcome, KeyView, KeysPage};
@@ -12,108 +13,36 @@ use leptos_meta::Title;
 #[server(prefix = "/ui", endpoint = "load_keys")]
 pub async fn load_keys() -> Result<KeysPage, ServerFnError> {
     use super::guard::{Access, internal, require};
-    use crate::domain::{KeyState, Role};
+    use crate::domain::Role;
     let caller = require(Role::Viewer, Access::Read).await?;
     let state = caller.state;
     let mut keys = state.storage.list_keys().await.map_err(internal)?;
-    let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
-    // Per algorithm: next, active, then the rest newest first.
-    keys.sort_by_key(|k| {
-        let rank = match k.info.state {
-            KeyState::Next => 0,
-            KeyState::Active => 1,
-            _ => 2,
-        };
-        (k.info.alg, rank, std::cmp::Reverse(k.info.created_at))
-    });
+    keys.sort_by_key(|k| k.info.listing_order());
     let now = chrono::Utc::now();
     let next_rotation = state.keys.next_rotation(now);
-    let keys = keys
-        .into_iter()
-        .map(|k| {
-            let i = &k.info;
-            let jwk = serde_json::from_str::<serde_json::Value>(&k.public_jwk)
-                .and_then(|v| serde_json::to_string_pretty(&v))
-                .unwrap_or_default();
-            KeyView {
-                kid: i.kid.to_string(),
-                alg: i.alg.to_string(),
-                state: i.state.to_string(),
-                created_at: fmt(i.created_at),
-                activated_at: i.activated_at.map(fmt),
-                rotated_at: i.rotated_at.map(fmt),
-                revoked_at: i.revoked_at.map(fmt),
-                expires_at: i.expires_at.map(fmt),
-                revoke_reason: k.revoke_reason.clone(),
-                jwk,
-                created_ts: i.created_at.timestamp(),
-                activated_ts: i.activated_at.map(|t| t.timestamp()),
-                rotated_ts: i.rotated_at.map(|t| t.timestamp()),
-                revoked_ts: i.revoked_at.map(|t| t.timestamp()),
-                expires_ts: i.expires_at.map(|t| t.timestamp()),
-            }
-        })
-        .collect();
+    let keys = keys.iter().map(KeyView::from).collect();
     Ok(KeysPage {
         keys,
         algorithms: state.keys.enabled().iter().map(|a| a.to_string()).collect(),
         now_ts: now.timestamp(),
         next_rotation_ts: next_rotation.map(|t| t.timestamp()),
-        next_rotation: next_rotation.map(fmt),
+        next_rotation: next_rotation.map(crate::domain::time::format_utc),
     })
 }
 
-/// Checks the reason an operator typed for the audit log.
+/// The reason an operator typed for the audit log.
 #[cfg(feature = "ssr")]
 fn reason_text(reason: &str) -> Result<String, ServerFnError> {
-    use super::guard::refuse;
-    use axum::http::StatusCode;
-    let r = reason.trim();
-    if r.is_empty() {
-        return Err(refuse(StatusCode::BAD_REQUEST, "A reason is required."));
-    }
-    if r.chars().count() > 500 || r.chars().any(char::is_control) {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            "The reason must be at most 500 characters of plain text.",
-        ));
-    }
-    Ok(r.to_string())
-}
-
-#[cfg(feature = "ssr")]
-fn key_error(e: crate::server::keys::KeyError) -> ServerFnError {
-    use super::guard::{internal, refuse};
-    use crate::domain::lifecycle::PlanError;
-    use crate::server::keys::KeyError;
-    use axum::http::StatusCode;
-    match e {
-        KeyError::Plan(p @ PlanError::UnknownKid(_)) => refuse(
-            StatusCode::NOT_FOUND,
-            super::guard::sentence(&p.to_string()),
-        ),
-        KeyError::Plan(p @ (PlanError::NotRevocable { .. } | PlanError::NotEnabled(_))) => {
-            refuse(StatusCode::CONFLICT, super::guard::sentence(&p.to_string()))
-        }
-        KeyError::Busy => refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The keys kept changing concurrently; try again.",
-        ),
-        other => internal(other),
-    }
+    crate::domain::Reason::parse(reason)
+        .map(crate::domain::Reason::into_string)
+        .map_err(super::guard::internal)
 }
 
 #[cfg(feature = "ssr")]
 fn parse_alg(alg: &str) -> Result<Option<crate::domain::Algorithm>, ServerFnError> {
-    use super::guard::refuse;
-    use axum::http::StatusCode;
-    let alg = alg.trim();
-    if alg.is_empty() {
-        return Ok(None);
-    }
-    crate::domain::Algorithm::parse(alg)
-        .map(Some)
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))
+    // The form's empty choice is the default algorithm.
+    let alg = Some(alg.trim()).filter(|a| !a.is_empty());
+    crate::server::error::parse_alg(alg).map_err(super::guard::refusal)
 }
 
 #[cfg(feature = "ssr")]
@@ -136,7 +65,7 @@ fn summary(plan: &crate::domain::Plan, verb: &str) -> ActionOutcome {
 /// Rotates every enabled algorithm (`alg` empty) or one.
 #[server(prefix = "/ui", endpoint = "rotate_keys")]
 pub async fn rotate_keys(alg: String) -> Result<ActionOutcome, ServerFnError> {
-    use super::guard::{Access, require};
+    use super::guard::{Access, internal, require};
     let caller = require(crate::domain::Role::Admin, Access::Change).await?;
     let alg = parse_alg(&alg)?;
     let plan = caller
@@ -144,7 +73,7 @@ pub async fn rotate_keys(alg: String) -> Result<ActionOutcome, ServerFnError> {
         .keys
         .rotate(alg, false, None, &caller.actor())
         .await
-        .map_err(key_error)?;
+        .map_err(internal)?;
     Ok(summary(&plan, "Keys rotated"))
 }
 
@@ -154,7 +83,7 @@ pub async fn rotate_and_revoke(
     alg: String,
     reason: String,
 ) -> Result<ActionOutcome, ServerFnError> {
-    use super::guard::{Access, require};
+    use super::guard::{Access, internal, require};
     let caller = require(crate::domain::Role::Admin, Access::Change).await?;
     let alg = parse_alg(&alg)?;
     let reason = reason_text(&reason)?;
@@ -163,7 +92,7 @@ pub async fn rotate_and_revoke(
         .keys
         .rotate(alg, true, Some(reason), &caller.actor())
         .await
-        .map_err(key_error)?;
+        .map_err(internal)?;
     Ok(summary(
         &plan,
         "Keys rotated; the old active and next keys are revoked",
@@ -173,7 +102,7 @@ pub async fn rotate_and_revoke(
 /// Revokes one key; it leaves the JWKS at once.
 #[server(prefix = "/ui", endpoint = "revoke_key")]
 pub async fn revoke_key(kid: String, reason: String) -> Result<ActionOutcome, ServerFnError> {
-    use super::guard::{Access, refuse, require};
+    use super::guard::{Access, internal, refuse, require};
     use axum::http::StatusCode;
     let caller = require(crate::domain::Role::Admin, Access::Change).await?;
     let kid = crate::domain::Kid::parse(&kid)
@@ -184,7 +113,7 @@ pub async fn revoke_key(kid: String, reason: String) -> Result<ActionOutcome, Se
         .keys
         .revoke(&kid, reason, &caller.actor())
         .await
-        .map_err(key_error)?;
+        .map_err(internal)?;
     Ok(summary(&plan, &format!("Key {kid} revoked")))
 }
 
@@ -448,25 +377,13 @@ fn KeyTable(
 #[component]
 fn JwkDetails(kid: String, jwk: String, pem: String) -> impl IntoView {
     let ready = hydrated();
-    let copied = RwSignal::new(false);
     let text = jwk.clone();
-    let copy = move |_| {
-        #[cfg(feature = "hydrate")]
-        if let Some(w) = web_sys::window() {
-            let _ = w.navigator().clipboard().write_text(&text);
-            copied.set(true);
-        }
-        #[cfg(not(feature = "hydrate"))]
-        let _ = &text;
-    };
     view! {
         <details class="jwk">
             <summary>"Public JWK"</summary>
             <pre class="jwk-text" tabindex="0" aria-label=format!("Public JWK of {kid}")>{jwk}</pre>
             <div class="buttons">
-                <button type="button" class="ghost small" disabled=move || !ready.get() on:click=copy>
-                    {move || if copied.get() { "Copied" } else { "Copy JWK" }}
-                </button>
+                <CopyButton text label="Copy JWK" disabled=Signal::derive(move || !ready.get()) />
                 <a class="button ghost small" href=pem download="">"Download PEM"</a>
             </div>
         </details>

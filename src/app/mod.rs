@@ -4,6 +4,7 @@
 //! ([`guard`]), call server code, and return a wire type from [`wire`].
 
 mod auth;
+mod components;
 mod events;
 mod guard;
 mod jwks;
@@ -27,7 +28,8 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
     if let (Some(nonce), Some(res)) = (
         leptos::nonce::use_nonce(),
         use_context::<leptos_axum::ResponseOptions>(),
-    ) && let Ok(value) = axum::http::HeaderValue::from_str(&crate::server::web::page_csp(&nonce))
+    ) && let Ok(value) =
+        axum::http::HeaderValue::from_str(&crate::server::http::ui::page_csp(&nonce))
     {
         res.insert_header(axum::http::header::CONTENT_SECURITY_POLICY, value);
     }

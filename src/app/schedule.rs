@@ -19,7 +19,7 @@ const PREVIEW_COUNT: usize = 5;
 fn format_times(times: Vec<chrono::DateTime<chrono::Utc>>) -> Vec<String> {
     times
         .into_iter()
-        .map(crate::server::web::utc_time)
+        .map(crate::domain::time::format_utc)
         .collect()
 }
 
@@ -38,9 +38,9 @@ async fn view_of(
         retention: s.retention.to_string(),
         max_token_ttl: state.config.max_token_ttl.to_string(),
         next: format_times(s.cron.upcoming(chrono::Utc::now(), PREVIEW_COUNT)),
-        updated_at: s.updated_at.map(crate::server::web::utc_time),
+        updated_at: s.updated_at.map(crate::domain::time::format_utc),
         last_scheduled: last.map(|(slot, instance)| {
-            format!("{} (by {instance})", crate::server::web::utc_time(slot))
+            format!("{} (by {instance})", crate::domain::time::format_utc(slot))
         }),
     })
 }

@@ -1,6 +1,7 @@
 //! `/settings`: admin accounts (list, create, disable) and API tokens (list, create with
 //! scopes, revoke). New secrets (a one-time password, a token) are shown once.
 
+use super::components::CopyButton;
 use super::guard::describe;
 use super::wire::{AdminView, Secret, TokenView};
 use super::{can_change, hydrated};
@@ -16,7 +17,7 @@ pub const SCOPES: [(&str, &str); 4] = [
 ];
 
 #[cfg(feature = "ssr")]
-use crate::server::web::utc_time as time;
+use crate::domain::time::format_utc as time;
 
 #[server(prefix = "/ui", endpoint = "list_admins")]
 pub async fn list_admins() -> Result<Vec<AdminView>, ServerFnError> {
@@ -38,9 +39,9 @@ pub async fn list_admins() -> Result<Vec<AdminView>, ServerFnError> {
 }
 
 #[cfg(feature = "ssr")]
-fn auth_error(e: crate::server::auth::AuthError) -> ServerFnError {
+fn auth_error(e: crate::server::accounts::admins::AuthError) -> ServerFnError {
     use super::guard::{internal, refuse};
-    use crate::server::auth::AuthError;
+    use crate::server::accounts::admins::AuthError;
     use axum::http::StatusCode;
     match e {
         AuthError::Exists(_) => refuse(StatusCode::CONFLICT, e.to_string()),
@@ -63,7 +64,7 @@ pub async fn create_admin(email: String, role: String) -> Result<Secret, ServerF
     let caller = require(crate::domain::Role::Admin, Access::Change).await?;
     let role = crate::domain::Role::parse(&role)
         .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "The role must be admin or viewer."))?;
-    let (admin, password) = crate::server::auth::create_admin(
+    let (admin, password) = crate::server::accounts::admins::create_admin(
         caller.state.storage.as_ref(),
         &email,
         role,
@@ -87,7 +88,7 @@ pub async fn create_admin(email: String, role: String) -> Result<Secret, ServerF
 pub async fn set_admin_disabled(id: String, disabled: bool) -> Result<(), ServerFnError> {
     use super::guard::{Access, require};
     let caller = require(crate::domain::Role::Admin, Access::Change).await?;
-    crate::server::auth::set_disabled(
+    crate::server::accounts::admins::set_disabled(
         caller.state.storage.as_ref(),
         &caller.admin,
         &id,
@@ -125,7 +126,7 @@ pub async fn list_tokens() -> Result<Vec<TokenView>, ServerFnError> {
 #[server(prefix = "/ui", endpoint = "create_token")]
 pub async fn create_token(name: String, scopes: Vec<String>) -> Result<Secret, ServerFnError> {
     use super::guard::{Access, internal, refuse, require};
-    use crate::server::tokens::{self, TokenError};
+    use crate::server::accounts::tokens::{self, TokenError};
     use axum::http::StatusCode;
     let caller = require(crate::domain::Role::Admin, Access::Change).await?;
     match tokens::create(
@@ -156,10 +157,13 @@ pub async fn revoke_token(id: String) -> Result<(), ServerFnError> {
     use super::guard::{Access, internal, refuse, require};
     use axum::http::StatusCode;
     let caller = require(crate::domain::Role::Admin, Access::Change).await?;
-    let revoked =
-        crate::server::tokens::revoke(caller.state.storage.as_ref(), &id, &caller.actor())
-            .await
-            .map_err(internal)?;
+    let revoked = crate::server::accounts::tokens::revoke(
+        caller.state.storage.as_ref(),
+        &id,
+        &caller.actor(),
+    )
+    .await
+    .map_err(internal)?;
     caller.state.recent_tokens.forget(&id);
     if revoked {
         Ok(())
@@ -223,24 +227,12 @@ fn ConfirmButton(
 /// A secret shown once, with a copy button.
 #[component]
 fn SecretBox(secret: Secret) -> impl IntoView {
-    let copied = RwSignal::new(false);
     let text = secret.secret.clone();
-    let copy = move |_| {
-        #[cfg(feature = "hydrate")]
-        if let Some(w) = web_sys::window() {
-            let _ = w.navigator().clipboard().write_text(&text);
-            copied.set(true);
-        }
-        #[cfg(not(feature = "hydrate"))]
-        let _ = &text;
-    };
     view! {
         <div class="secret" role="status">
             <p>{secret.label}</p>
             <code class="secret-value">{secret.secret}</code>
-            <button type="button" class="ghost small" on:click=copy>
-                {move || if copied.get() { "Copied" } else { "Copy" }}
-            </button>
+            <CopyButton text label="Copy" />
         </div>
     }
 }

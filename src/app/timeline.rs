@@ -166,7 +166,7 @@ pub fn Timeline(page: KeysPage) -> impl IntoView {
 
 fn fmt(ts: i64) -> String {
     chrono::DateTime::from_timestamp(ts, 0)
-        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .map(crate::domain::time::format_utc_minutes)
         .unwrap_or_default()
 }
 

@@ -1,6 +1,7 @@
 //! Types that cross the wire between server functions and the browser.
 
 use crate::domain::Role;
+pub use crate::domain::audit::EventView;
 use serde::{Deserialize, Serialize};
 
 /// What the overview shows about this installation.
@@ -54,6 +55,34 @@ pub struct KeyView {
     pub expires_ts: Option<i64>,
 }
 
+#[cfg(feature = "ssr")]
+impl From<&crate::server::storage::StoredKey> for KeyView {
+    fn from(k: &crate::server::storage::StoredKey) -> Self {
+        use crate::domain::time::format_utc as fmt;
+        let i = &k.info;
+        let jwk = serde_json::from_str::<serde_json::Value>(&k.public_jwk)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or_default();
+        KeyView {
+            kid: i.kid.to_string(),
+            alg: i.alg.to_string(),
+            state: i.state.to_string(),
+            created_at: fmt(i.created_at),
+            activated_at: i.activated_at.map(fmt),
+            rotated_at: i.rotated_at.map(fmt),
+            revoked_at: i.revoked_at.map(fmt),
+            expires_at: i.expires_at.map(fmt),
+            revoke_reason: k.revoke_reason.clone(),
+            jwk,
+            created_ts: i.created_at.timestamp(),
+            activated_ts: i.activated_at.map(|t| t.timestamp()),
+            rotated_ts: i.rotated_at.map(|t| t.timestamp()),
+            revoked_ts: i.revoked_at.map(|t| t.timestamp()),
+            expires_ts: i.expires_at.map(|t| t.timestamp()),
+        }
+    }
+}
+
 /// Everything the JWKS page shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeysPage {
@@ -78,22 +107,6 @@ pub struct Me {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionOutcome {
     pub message: String,
-}
-
-/// One audit event as the events page shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventView {
-    pub id: i64,
-    pub at: String,
-    pub level: String,
-    pub kind: String,
-    pub actor: String,
-    pub trigger: String,
-    pub source: Option<String>,
-    pub kids: Vec<String>,
-    pub reason: Option<String>,
-    /// The details object as JSON text; empty when there are none.
-    pub details: String,
 }
 
 /// Filters of the events page (empty means "any"). Times are UTC, `YYYY-MM-DDTHH:MM`.

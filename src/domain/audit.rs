@@ -1,5 +1,9 @@
-//! Audit event vocabulary: levels, triggers and kinds.
+//! Audit event vocabulary: levels, triggers and kinds; how an event reads, and how a
+//! reader filters the log.
 
+use crate::domain::text::FilterText;
+use crate::domain::time::parse_utc;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -65,6 +69,71 @@ impl Trigger {
 impl fmt::Display for Trigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// One audit event as people read it (the events page, its live tail). Times are in
+/// [`format_utc`](crate::domain::time::format_utc).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventView {
+    pub id: i64,
+    pub at: String,
+    pub level: String,
+    pub kind: String,
+    pub actor: String,
+    pub trigger: String,
+    pub source: Option<String>,
+    pub kids: Vec<String>,
+    pub reason: Option<String>,
+    /// The details object as JSON text; empty when there are none.
+    pub details: String,
+}
+
+/// What a reader of the audit log asks for; every part is optional. The REST API, the
+/// events page, its live tail and the export all read their filters with [`EventFilter::parse`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub level: Option<Level>,
+    pub kind: Option<FilterText>,
+    pub actor: Option<FilterText>,
+    /// From this time on (inclusive).
+    pub since: Option<DateTime<Utc>>,
+    /// Before this time.
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl EventFilter {
+    /// Reads filters as typed: blank means "any"; times as [`parse_utc`] reads them.
+    pub fn parse(
+        level: Option<&str>,
+        kind: Option<&str>,
+        actor: Option<&str>,
+        since: Option<&str>,
+        until: Option<&str>,
+    ) -> Result<Self, String> {
+        fn blank(v: Option<&str>) -> Option<&str> {
+            v.map(str::trim).filter(|v| !v.is_empty())
+        }
+        let level = blank(level)
+            .map(|l| Level::parse(l).ok_or_else(|| format!("unknown level '{l}'")))
+            .transpose()?;
+        let time = |v: Option<&str>| blank(v).map(parse_utc).transpose();
+        Ok(Self {
+            level,
+            kind: FilterText::parse("kind", kind).map_err(|e| e.to_string())?,
+            actor: FilterText::parse("actor", actor).map_err(|e| e.to_string())?,
+            since: time(since)?,
+            until: time(until)?,
+        })
+    }
+
+    /// Whether an event with these fields passes.
+    pub fn matches(&self, level: &str, kind: &str, actor: &str, at: DateTime<Utc>) -> bool {
+        self.level.is_none_or(|l| l.as_str() == level)
+            && self.kind.as_ref().is_none_or(|k| k.as_str() == kind)
+            && self.actor.as_ref().is_none_or(|a| a.as_str() == actor)
+            && self.since.is_none_or(|t| at >= t)
+            && self.until.is_none_or(|t| at < t)
     }
 }
 

@@ -3,7 +3,7 @@
 //! The planner is pure. Given the current keys of the installation, the time and the
 //! policy, it returns a [`Plan`]: which keys move to which state, and which fresh keys
 //! must be generated. The server carries a plan out in one transaction, and the property
-//! tests at the bottom of this file check DESIGN.md's invariants after random sequences
+//! tests at the bottom of this file check docs/design.md's invariants after random sequences
 //! of operations.
 
 use super::algorithm::Algorithm;
@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Where a key is in its life. See the table in DESIGN.md.
+/// Where a key is in its life. See the table in docs/design.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {
@@ -122,6 +122,22 @@ pub struct KeyInfo {
 }
 
 impl KeyInfo {
+    /// The order keys are listed in everywhere (the JWKS, the JWKS page): by algorithm,
+    /// then the active key, the next key, and the others newest first.
+    pub fn listing_order(&self) -> impl Ord + use<> {
+        let rank = match self.state {
+            KeyState::Active => 0,
+            KeyState::Next => 1,
+            _ => 2,
+        };
+        (
+            self.alg,
+            rank,
+            std::cmp::Reverse(self.rotated_at),
+            std::cmp::Reverse(self.created_at),
+        )
+    }
+
     /// Whether the JWKS publishes this key at `now`: `next`, `active`, and `rotated` until
     /// its publication ends (invariant 2).
     pub fn is_published(&self, now: DateTime<Utc>) -> bool {

@@ -9,9 +9,12 @@ pub mod audit;
 pub mod lifecycle;
 pub mod retention;
 pub mod schedule;
+pub mod text;
+pub mod time;
 
 pub use admin::{Email, Role};
 pub use algorithm::{Algorithm, AlgorithmList, RsaBits};
 pub use lifecycle::{KeyInfo, KeyState, Kid, Plan, Policy, Transition};
 pub use retention::Retention;
 pub use schedule::CronSchedule;
+pub use text::{FilterText, Reason, TextError};

@@ -1,4 +1,5 @@
-//! Audit events and their hash chain.
+//! Audit events: who did what ([`Actor`], [`NewEvent`]), how a stored event reads, and
+//! the hash chain with its MACs.
 //!
 //! Each stored event carries `hash = SHA-256(prev_hash, id, and every field)`, and the
 //! chain's head (last id and hash) is kept in its own row. Editing a row breaks its own
@@ -13,8 +14,9 @@
 //! Events written before the chain was keyed (below the head's `keyed_from`) get their
 //! MACs once, from the first process that has the KEK, after their hash chain checks out.
 
-use crate::domain::audit::{Level, Trigger};
-use crate::server::kek::Keyring;
+use crate::domain::audit::{EventView, Level, Trigger};
+use crate::domain::time::format_utc;
+use crate::server::crypto::kek::Keyring;
 use aws_lc_rs::{hkdf, hmac};
 use chrono::{DateTime, SubsecRound as _, Utc};
 use serde::Serialize;
@@ -30,6 +32,75 @@ pub struct NewEvent {
     pub kids: Vec<String>,
     pub reason: Option<String>,
     pub details: serde_json::Value,
+}
+
+impl NewEvent {
+    /// An event of `kind` that `actor` caused, with no kids, reason or details yet.
+    pub fn new(level: Level, kind: &'static str, actor: &Actor) -> Self {
+        Self {
+            level,
+            kind,
+            actor: actor.name.clone(),
+            trigger: actor.trigger,
+            source: actor.source.clone(),
+            kids: Vec::new(),
+            reason: None,
+            details: serde_json::json!({}),
+        }
+    }
+
+    /// The keys the event is about.
+    pub fn kids(mut self, kids: Vec<String>) -> Self {
+        self.kids = kids;
+        self
+    }
+
+    /// Why it happened, as the operator said or Signet explains.
+    pub fn reason(mut self, reason: Option<String>) -> Self {
+        self.reason = reason;
+        self
+    }
+
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// Who asked for a change, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub trigger: Trigger,
+    pub source: Option<String>,
+}
+
+impl Actor {
+    pub fn cli() -> Self {
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        Self {
+            name: format!("cli:{user}"),
+            trigger: Trigger::Cli,
+            source: None,
+        }
+    }
+
+    /// Signet itself, for what happens at start (first keys, catch-up).
+    pub fn system() -> Self {
+        Self {
+            name: "system".into(),
+            trigger: Trigger::Scheduler,
+            source: None,
+        }
+    }
+
+    pub fn scheduler() -> Self {
+        Self {
+            name: "scheduler".into(),
+            trigger: Trigger::Scheduler,
+            source: None,
+        }
+    }
 }
 
 /// An event as stored.
@@ -55,6 +126,27 @@ pub struct StoredEvent {
     /// The id of the KEK the MAC key was derived from.
     #[serde(skip)]
     pub mac_kek: Option<String>,
+}
+
+impl From<&StoredEvent> for EventView {
+    fn from(e: &StoredEvent) -> Self {
+        EventView {
+            id: e.id,
+            at: format_utc(e.at),
+            level: e.level.clone(),
+            kind: e.kind.clone(),
+            actor: e.actor.clone(),
+            trigger: e.trigger.clone(),
+            source: e.source.clone(),
+            kids: e.kids.clone(),
+            reason: e.reason.clone(),
+            details: if e.details.as_object().is_some_and(|o| o.is_empty()) {
+                String::new()
+            } else {
+                e.details.to_string()
+            },
+        }
+    }
 }
 
 /// Timestamps are stored with microsecond precision on both backends; truncating before

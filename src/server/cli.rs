@@ -5,8 +5,9 @@
 //! go to stderr.
 
 use crate::domain::{Algorithm, Kid};
+use crate::server::audit::Actor;
 use crate::server::config::Config;
-use crate::server::keys::{Actor, KeyService};
+use crate::server::keys::KeyService;
 use crate::server::startup::{self, Application, ServeOptions};
 use crate::server::{audit, startup as start, storage, telemetry};
 use clap::{Parser, Subcommand};
@@ -303,7 +304,7 @@ async fn keys(config: Config, json: bool) -> anyhow::Result<()> {
     storage.close().await;
     let list = list?;
     if json {
-        let answer = crate::server::api::keys_json(&list);
+        let answer = crate::server::keys::listing::listing(&list);
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
         println!(
@@ -356,7 +357,7 @@ async fn schedule_show(config: Config) -> anyhow::Result<()> {
             cron_since: None,
         },
     };
-    let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let time = crate::domain::time::format_utc;
     println!("cron:      {}", schedule.cron);
     println!("retention: {}", schedule.retention);
     match last {
@@ -420,7 +421,8 @@ async fn audit_verify(config: Config) -> anyhow::Result<()> {
 async fn token_create(config: Config, name: String, scopes: Vec<String>) -> anyhow::Result<()> {
     let (storage, _) = start::open(&config, ServeOptions::default()).await?;
     let result =
-        crate::server::tokens::create(storage.as_ref(), &name, &scopes, &Actor::cli()).await;
+        crate::server::accounts::tokens::create(storage.as_ref(), &name, &scopes, &Actor::cli())
+            .await;
     storage.close().await;
     let secret = result?;
     println!("{secret}");
@@ -445,9 +447,14 @@ async fn admin_create(
         None
     };
     let (storage, _) = start::open(&config, ServeOptions::default()).await?;
-    let result =
-        crate::server::auth::create_admin(storage.as_ref(), &email, role, password, &Actor::cli())
-            .await;
+    let result = crate::server::accounts::admins::create_admin(
+        storage.as_ref(),
+        &email,
+        role,
+        password,
+        &Actor::cli(),
+    )
+    .await;
     storage.close().await;
     let (admin, generated) = result?;
     match generated {
@@ -466,7 +473,9 @@ async fn admin_create(
 
 async fn admin_reset(config: Config, email: String) -> anyhow::Result<()> {
     let (storage, _) = start::open(&config, ServeOptions::default()).await?;
-    let result = crate::server::auth::reset_password(storage.as_ref(), &email, &Actor::cli()).await;
+    let result =
+        crate::server::accounts::admins::reset_password(storage.as_ref(), &email, &Actor::cli())
+            .await;
     storage.close().await;
     let password = result?;
     println!("{password}");

@@ -6,7 +6,7 @@
 
 use crate::domain::audit::Level;
 use crate::domain::{AlgorithmList, CronSchedule, Email, Retention, RsaBits};
-use crate::server::kek::{self, Keyring};
+use crate::server::crypto::kek::{self, Keyring};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::fmt;

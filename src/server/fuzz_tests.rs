@@ -8,8 +8,8 @@
 
 use crate::domain::{Algorithm, AlgorithmList, CronSchedule, Email, Kid, Retention, RsaBits};
 use crate::server::config::{Config, SETTINGS};
-use crate::server::jwt;
 use crate::server::keys::KeySnapshot;
+use crate::server::keys::jwt;
 use crate::server::startup::{Application, ServeOptions};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;

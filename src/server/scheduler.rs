@@ -15,9 +15,10 @@
 
 use crate::domain::CronSchedule;
 use crate::domain::audit::{Level, kind};
+use crate::server::audit::Actor;
 use crate::server::audit::NewEvent;
 use crate::server::config::Config;
-use crate::server::keys::{Actor, KeyService, SLOT_ROTATION};
+use crate::server::keys::{KeyService, SLOT_ROTATION};
 use crate::server::storage::{SlotClaim, Storage};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -298,19 +299,12 @@ pub async fn housekeeping_pass(
         Err(e) => keep("pruning of sessions", e.into()),
     }
     let before = now - chrono::Duration::seconds(config.event_retention.as_secs() as i64);
-    let ev = NewEvent {
-        level: Level::Info,
-        kind: kind::AUDIT_PRUNED,
-        actor: Actor::scheduler().name,
-        trigger: Actor::scheduler().trigger,
-        source: None,
-        kids: Vec::new(),
-        reason: Some(format!(
+    let ev = NewEvent::new(Level::Info, kind::AUDIT_PRUNED, &Actor::scheduler())
+        .reason(Some(format!(
             "audit events older than the event retention ({})",
             config.event_retention
-        )),
-        details: serde_json::Value::Null,
-    };
+        )))
+        .details(serde_json::Value::Null);
     loop {
         match storage.prune_events(before, EVENT_PRUNE_BATCH, &ev).await {
             Ok(pruned) => {

@@ -1,21 +1,17 @@
 //! Building and running the server: `Application::build(config)` does every check and
 //! binds the listener (port 0 in tests), `run_until_stopped` serves until shutdown.
 
-use crate::app::{App, shell};
-use crate::server::api;
-use crate::server::auth;
+use crate::server::accounts::admins;
+use crate::server::audit::Actor;
 use crate::server::config::{Backend, Config, KekSource};
-use crate::server::health;
-use crate::server::kek::{self, KekError, Keyring};
-use crate::server::keys::{Actor, KeyError, KeyService};
+use crate::server::crypto::kek::{self, KekError, Keyring};
+use crate::server::keys::{KeyError, KeyService};
+use crate::server::scheduler;
 use crate::server::state::AppState;
 use crate::server::storage::{self, PendingMigration, Storage, StorageError};
-use crate::server::wellknown;
-use crate::server::{scheduler, session, web};
 use axum::Router;
 use chrono::Utc;
 use leptos::prelude::LeptosOptions;
-use leptos_axum::{LeptosRoutes as _, generate_route_list};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,7 +45,7 @@ pub enum StartupError {
     #[error("signing keys: {0}")]
     Keys(#[from] KeyError),
     #[error("first admin: {0}")]
-    Admin(#[from] auth::AuthError),
+    Admin(#[from] admins::AuthError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
 }
@@ -87,7 +83,7 @@ impl Application {
         key_audit_log(storage.as_ref()).await?;
         keys.bootstrap(&Actor::system()).await?;
         keys.expire(Utc::now()).await?;
-        let first_admin = auth::ensure_first_admin(storage.as_ref(), &config.first_admin_email)
+        let first_admin = admins::ensure_first_admin(storage.as_ref(), &config.first_admin_email)
             .await?
             .map(|password| (config.first_admin_email.to_string(), password));
 
@@ -98,7 +94,7 @@ impl Application {
             .local_addr()
             .map_err(|e| StartupError::Bind(config.listen, e))?;
 
-        let tail = crate::server::live::Tail::new(storage.clone());
+        let tail = crate::server::events::Tail::new(storage.clone());
         let state = AppState {
             config,
             storage,
@@ -108,7 +104,7 @@ impl Application {
             recent_tokens: Default::default(),
             leptos_options: leptos_options(addr),
         };
-        let router = router(state.clone());
+        let router = crate::server::http::router(state.clone());
         Ok(Self {
             listener,
             router,
@@ -309,40 +305,6 @@ fn leptos_options(addr: SocketAddr) -> LeptosOptions {
         .site_pkg_dir("pkg")
         .site_addr(addr)
         .build()
-}
-
-fn router(state: AppState) -> Router {
-    let routes = generate_route_list(App);
-    // The admin UI (pages, server functions, event stream, exports) runs behind the
-    // session layer and the sign-in gate; the JWKS, health and API routes never touch
-    // a session.
-    let ui = Router::new()
-        .leptos_routes(&state, routes, {
-            let options = state.leptos_options.clone();
-            move || shell(options.clone())
-        })
-        .merge(web::router())
-        .layer(axum::middleware::from_fn(web::bad_arguments_are_400))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            web::page_gate,
-        ))
-        .layer(session::layer(state.storage.clone(), &state.config));
-    let with_headers = Router::new()
-        .merge(health::router())
-        .merge(crate::server::metrics::router())
-        .nest("/api/v1", api::router())
-        // `/api/v1/` itself is not an endpoint, but it is the API's: answer in JSON.
-        .route("/api/v1/", axum::routing::any(api::not_found))
-        .merge(ui)
-        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
-        .layer(axum::middleware::from_fn(web::security_headers));
-    // The well-known routes set their own few headers: the JWKS is the hot path, served
-    // from precomputed bytes, and skips the middleware.
-    Router::new()
-        .merge(wellknown::router())
-        .merge(with_headers)
-        .with_state(state)
 }
 
 /// How often each instance checks whether another process changed the keys.

@@ -1,7 +1,7 @@
 //! The state every request handler and server function can reach.
 
 use crate::server::config::Config;
-use crate::server::kek::Keyring;
+use crate::server::crypto::kek::Keyring;
 use crate::server::keys::KeyService;
 use crate::server::storage::Storage;
 use axum::extract::FromRef;
@@ -15,9 +15,9 @@ pub struct AppState {
     pub keyring: Arc<Keyring>,
     pub keys: Arc<KeyService>,
     /// API tokens recently accepted, honoured for a short while during a database outage.
-    pub recent_tokens: Arc<crate::server::tokens::RecentTokens>,
+    pub recent_tokens: Arc<crate::server::accounts::tokens::RecentTokens>,
     /// The live tail's shared poller and stream caps.
-    pub tail: Arc<crate::server::live::Tail>,
+    pub tail: Arc<crate::server::events::Tail>,
     pub leptos_options: LeptosOptions,
 }
 

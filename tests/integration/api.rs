@@ -3,8 +3,8 @@
 use crate::helpers::{BACKENDS, Backend, TestApp, run_signet, spawn_app};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use signet::server::keys::Actor;
-use signet::server::tokens;
+use signet::server::accounts::tokens;
+use signet::server::audit::Actor;
 
 pub async fn token(app: &TestApp, name: &str, scopes: &[&str]) -> String {
     let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();

@@ -6,9 +6,9 @@
 use crate::helpers::{BACKENDS, Backend, TestDb, run_signet, spawn_app_with};
 use signet::domain::Algorithm;
 use signet::domain::audit::kind;
+use signet::server::audit::Actor;
 use signet::server::audit::{self, StoredEvent};
 use signet::server::config::Config;
-use signet::server::keys::Actor;
 use sqlx::Connection as _;
 
 const K1: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";

@@ -17,7 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use signet::domain::{KeyState, Role};
-use signet::server::keys::Actor;
+use signet::server::audit::Actor;
 use std::collections::BTreeMap;
 
 /// The tables whose rows no refused request may change. (`sessions`, `login_throttle`,
@@ -987,9 +987,13 @@ async fn bad_input_on(backend: Backend) -> (usize, Vec<String>) {
         .map(|(id, _)| id.to_string())
         .unwrap();
     assert!(
-        signet::server::tokens::revoke(app.state.storage.as_ref(), &revoked_id, &Actor::cli())
-            .await
-            .unwrap()
+        signet::server::accounts::tokens::revoke(
+            app.state.storage.as_ref(),
+            &revoked_id,
+            &Actor::cli()
+        )
+        .await
+        .unwrap()
     );
     let tokens = Tokens {
         full: full.clone(),

@@ -1,7 +1,7 @@
 //! Crash suite: the real `signet serve` is killed with SIGKILL at random points while
 //! rotations, revocations and signing run through the API, at least 100 times per
 //! backend, with RS256 besides EdDSA so that some kills land during RSA key generation.
-//! After every restart it checks invariants 1, 2, 3 and 6 of DESIGN.md, that no key was
+//! After every restart it checks invariants 1, 2, 3 and 6 of docs/design.md, that no key was
 //! lost and no key's state moved backwards, that `signet audit verify` passes, and that
 //! every token issued before a kill verifies exactly while its key is `active` or
 //! `rotated`.

@@ -464,12 +464,12 @@ pub const TEST_PASSWORD: &str = "correct horse battery staple";
 
 /// Creates an admin with a known password through the same code the CLI uses.
 pub async fn create_admin(app: &TestApp, email: &str, role: signet::domain::Role) {
-    signet::server::auth::create_admin(
+    signet::server::accounts::admins::create_admin(
         app.state.storage.as_ref(),
         email,
         role,
         Some(TEST_PASSWORD.to_string()),
-        &signet::server::keys::Actor::cli(),
+        &signet::server::audit::Actor::cli(),
     )
     .await
     .expect("admin created");
@@ -709,11 +709,11 @@ impl Drop for PgServer {
 /// Creates an API token with these scopes through the same code the CLI uses.
 pub async fn api_token(app: &TestApp, name: &str, scopes: &[&str]) -> String {
     let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-    signet::server::tokens::create(
+    signet::server::accounts::tokens::create(
         app.state.storage.as_ref(),
         name,
         &scopes,
-        &signet::server::keys::Actor::cli(),
+        &signet::server::audit::Actor::cli(),
     )
     .await
     .expect("token created")

@@ -5,7 +5,7 @@
 use crate::helpers::{Backend, TestApp, TestDb, spawn_app_with};
 use serde_json::{Value, json};
 use signet::domain::{Algorithm, Kid};
-use signet::server::keys::Actor;
+use signet::server::audit::Actor;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -78,7 +78,7 @@ async fn tokens_verify_in_pyjwt_and_jose_across_rotation_and_revocation() {
     env.push(("SIGNET_ALGORITHMS".into(), ALGS.join(",")));
     let config = signet::server::config::Config::from_sources(None, env).unwrap();
     let app = spawn_app_with(db, config).await;
-    let secret = signet::server::tokens::create(
+    let secret = signet::server::accounts::tokens::create(
         app.state.storage.as_ref(),
         "interop",
         &["sign".to_string()],

@@ -6,7 +6,7 @@ use chrono::{Duration, Utc};
 use reqwest::StatusCode;
 use signet::domain::{Algorithm, KeyState, Kid};
 use signet::server::audit;
-use signet::server::keys::Actor;
+use signet::server::audit::Actor;
 use std::collections::BTreeSet;
 
 const PRIVATE_PARAMS: [&str; 6] = ["d", "p", "q", "dp", "dq", "qi"];
@@ -26,7 +26,7 @@ fn kids_of(jwks: &serde_json::Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// DESIGN.md invariants 1, 2 and 6 against the database and the served JWKS.
+/// docs/design.md invariants 1, 2 and 6 against the database and the served JWKS.
 async fn check_invariants(app: &TestApp) {
     let keys = app.state.storage.list_keys().await.unwrap();
     for alg in app.state.config.algorithms.as_slice() {

@@ -9,7 +9,7 @@ use crate::helpers::{
 use signet::domain::Role;
 use signet::domain::audit::{Level, Trigger};
 use signet::server::audit::NewEvent;
-use signet::server::live;
+use signet::server::events as live;
 use std::time::Duration;
 
 async fn seed(app: &TestApp, n: usize) {

@@ -657,7 +657,7 @@ async fn housekeeping_prunes_retired_keys_beyond_the_cap_once_from_two_instances
         let db = TestDb::new(backend).await;
         let config = capped_config(&db, 2);
         let a = Quiet::new(db, config.clone()).await;
-        let actor = signet::server::keys::Actor::cli();
+        let actor = signet::server::audit::Actor::cli();
         // Each rotate-and-revoke revokes the active and the next key of both algorithms.
         for _ in 0..3 {
             a.state
@@ -767,7 +767,7 @@ async fn housekeeping_prunes_old_events_and_the_chain_still_verifies() {
         let db = TestDb::new(backend).await;
         let config = db.config();
         let app = Quiet::new(db, config).await;
-        let actor = signet::server::keys::Actor::cli();
+        let actor = signet::server::audit::Actor::cli();
         for _ in 0..3 {
             app.state
                 .keys
@@ -863,7 +863,7 @@ async fn event_pruning_in_batches_keeps_the_chain_verifiable_after_each() {
         let db = TestDb::new(backend).await;
         let config = db.config();
         let app = Quiet::new(db, config).await;
-        let actor = signet::server::keys::Actor::cli();
+        let actor = signet::server::audit::Actor::cli();
         for _ in 0..3 {
             app.state
                 .keys
@@ -997,7 +997,7 @@ async fn pruning_refuses_to_delete_across_a_broken_chain() {
         let db = TestDb::new(backend).await;
         let config = db.config();
         let app = Quiet::new(db, config).await;
-        let actor = signet::server::keys::Actor::cli();
+        let actor = signet::server::audit::Actor::cli();
         for _ in 0..2 {
             app.state
                 .keys
@@ -1043,7 +1043,7 @@ async fn pruning_refuses_events_rewritten_without_the_kek() {
         let db = TestDb::new(backend).await;
         let config = db.config();
         let app = Quiet::new(db, config).await;
-        let actor = signet::server::keys::Actor::cli();
+        let actor = signet::server::audit::Actor::cli();
         for _ in 0..2 {
             app.state
                 .keys

@@ -109,7 +109,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     };
     // Reported, never failing: an overdue rotation is the scheduler's alarm, and taking
     // the instance out of the load balancer would not rotate anything.
-    let rotation_overdue = crate::server::metrics::key_ages(&state.keys, chrono::Utc::now())
+    let rotation_overdue = crate::server::http::metrics::key_ages(&state.keys, chrono::Utc::now())
         .iter()
         .any(|(_, _, late)| *late);
     let report = Report {

@@ -9,8 +9,8 @@
 use crate::domain::admin::{self, PasswordError};
 use crate::domain::audit::{Level, kind};
 use crate::domain::{Email, Role};
+use crate::server::audit::Actor;
 use crate::server::audit::{self, NewEvent};
-use crate::server::keys::Actor;
 use crate::server::storage::{AdminChange, AdminRow, Storage, StorageError};
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -164,16 +164,7 @@ fn new_id() -> Result<String, AuthError> {
 }
 
 fn event(level: Level, kind: &'static str, actor: &Actor, details: serde_json::Value) -> NewEvent {
-    NewEvent {
-        level,
-        kind,
-        actor: actor.name.clone(),
-        trigger: actor.trigger,
-        source: actor.source.clone(),
-        kids: Vec::new(),
-        reason: None,
-        details,
-    }
+    NewEvent::new(level, kind, actor).details(details)
 }
 
 /// The actor for an admin's own actions in the UI.

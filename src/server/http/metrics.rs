@@ -3,7 +3,6 @@
 //! Gauges are computed from the in-memory snapshot and schedule at scrape time; counters
 //! count what this process did (Prometheus sums them across instances).
 
-use crate::domain::audit::Trigger;
 use crate::domain::{Algorithm, KeyState};
 use crate::server::keys::KeyService;
 use crate::server::state::AppState;
@@ -14,7 +13,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How much later than one schedule period an active key may be before it counts as
 /// overdue: a slow instance start or a brief outage is not an alarm.
@@ -22,38 +20,6 @@ pub const OVERDUE_MARGIN_SECS: i64 = 3600;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
-}
-
-/// Rotations by trigger and revoked keys, since this process started.
-#[derive(Debug, Default)]
-pub struct Counters {
-    rotations: [AtomicU64; 4],
-    revoked_keys: AtomicU64,
-    slots_lost: AtomicU64,
-}
-
-const TRIGGERS: [Trigger; 4] = [Trigger::Ui, Trigger::Api, Trigger::Cli, Trigger::Scheduler];
-
-impl Counters {
-    pub fn rotated(&self, trigger: Trigger) {
-        if let Some(i) = TRIGGERS.iter().position(|t| *t == trigger) {
-            self.rotations[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn revoked(&self, keys: usize) {
-        self.revoked_keys.fetch_add(keys as u64, Ordering::Relaxed);
-    }
-
-    /// A scheduled rotation this process prepared, whose slot another instance claimed
-    /// first: its transaction changed nothing.
-    pub fn slot_lost(&self) {
-        self.slots_lost.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn slots_lost(&self) -> u64 {
-        self.slots_lost.load(Ordering::Relaxed)
-    }
 }
 
 /// Per enabled algorithm: the active key's age, and whether it is older than one period
@@ -108,8 +74,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let _ = writeln!(out, "signet_rotation_overdue {}", u8::from(overdue));
     out.push_str("# HELP signet_rotations_total Rotations this process carried out, by trigger.\n");
     out.push_str("# TYPE signet_rotations_total counter\n");
-    for (i, trigger) in TRIGGERS.iter().enumerate() {
-        let n = keys.counters.rotations[i].load(Ordering::Relaxed);
+    for (trigger, n) in keys.counters.rotations() {
         let _ = writeln!(out, "signet_rotations_total{{trigger=\"{trigger}\"}} {n}");
     }
     out.push_str("# HELP signet_revoked_keys_total Keys this process revoked.\n");
@@ -117,7 +82,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let _ = writeln!(
         out,
         "signet_revoked_keys_total {}",
-        keys.counters.revoked_keys.load(Ordering::Relaxed)
+        keys.counters.revoked_keys()
     );
     out.push_str("# HELP signet_scheduler_slots_lost_total Scheduled rotations this process prepared but another instance had claimed first.\n");
     out.push_str("# TYPE signet_scheduler_slots_lost_total counter\n");

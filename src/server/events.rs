@@ -1,4 +1,7 @@
-//! The live tail's shared poller: one reader of new audit events per instance, however
+//! Reading the audit log: one filter for every reader ([`query`], [`page`]), and the live
+//! tail's shared poller.
+//!
+//! The poller is one reader of new audit events per instance, however
 //! many `/events/stream` viewers are open, and the caps on how many may be.
 //!
 //! While at least one stream is open, one task reads the events after the last one it
@@ -7,13 +10,49 @@
 //! database itself only to catch up: once when it opens from an earlier id, and when it
 //! fell behind the broadcast. Closing the tail (at shutdown) ends every stream.
 
+use crate::domain::audit::EventFilter;
 use crate::server::audit::StoredEvent;
-use crate::server::storage::{EventQuery, Storage};
+use crate::server::storage::{EventQuery, Storage, StorageError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
+
+/// The storage query of `filter`: the newest `limit` events, unless a cursor is set.
+pub fn query(filter: &EventFilter, limit: i64) -> EventQuery {
+    EventQuery {
+        level: filter.level.map(|l| l.as_str().to_string()),
+        kind: filter.kind.as_ref().map(|k| k.as_str().to_string()),
+        actor: filter.actor.as_ref().map(|a| a.as_str().to_string()),
+        since: filter.since,
+        until: filter.until,
+        before_id: None,
+        after_id: None,
+        limit,
+    }
+}
+
+/// One page of the log, newest first: at most `limit` events older than the `before`
+/// cursor (the id of the previous page's last event), and the cursor of the next page.
+pub async fn page(
+    storage: &dyn Storage,
+    filter: &EventFilter,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<(Vec<StoredEvent>, Option<i64>), StorageError> {
+    let mut q = query(filter, limit + 1);
+    q.before_id = before;
+    let mut rows = storage.list_events(&q).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = if more {
+        rows.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
 
 /// How often the poller reads new events (at most).
 pub const POLL_EVERY: Duration = Duration::from_secs(1);

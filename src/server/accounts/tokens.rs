@@ -5,8 +5,8 @@
 //! is compared in constant time. The full token is shown once, at creation.
 
 use crate::domain::audit::{Level, kind};
+use crate::server::audit::Actor;
 use crate::server::audit::{self, NewEvent};
-use crate::server::keys::Actor;
 use crate::server::storage::{ApiTokenRow, Storage, StorageError};
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use base64::Engine as _;
@@ -93,16 +93,8 @@ pub async fn create(
         created_at: audit::now(),
         revoked_at: None,
     };
-    let event = NewEvent {
-        level: Level::Notice,
-        kind: kind::TOKEN_CREATED,
-        actor: actor.name.clone(),
-        trigger: actor.trigger,
-        source: actor.source.clone(),
-        kids: Vec::new(),
-        reason: None,
-        details: serde_json::json!({ "name": name, "scopes": scopes }),
-    };
+    let event = NewEvent::new(Level::Notice, kind::TOKEN_CREATED, actor)
+        .details(serde_json::json!({ "name": name, "scopes": scopes }));
     match storage.create_api_token(&row, &event).await {
         Ok(()) => Ok(format!("{PREFIX}{id}_{secret}")),
         Err(StorageError::Conflict) => Err(TokenError::Exists(name.to_string())),
@@ -116,16 +108,8 @@ pub async fn revoke(storage: &dyn Storage, id: &str, actor: &Actor) -> Result<bo
     let Some(row) = storage.find_api_token(id).await? else {
         return Ok(false);
     };
-    let event = NewEvent {
-        level: Level::Notice,
-        kind: kind::TOKEN_REVOKED,
-        actor: actor.name.clone(),
-        trigger: actor.trigger,
-        source: actor.source.clone(),
-        kids: Vec::new(),
-        reason: None,
-        details: serde_json::json!({ "name": row.name, "id": row.id }),
-    };
+    let event = NewEvent::new(Level::Notice, kind::TOKEN_REVOKED, actor)
+        .details(serde_json::json!({ "name": row.name, "id": row.id }));
     storage.revoke_api_token(id, audit::now(), &event).await
 }
 

@@ -1,12 +1,7 @@
-//! Key generation, public JWKs, signing and sealing.
-//!
-//! Private-key work for RSA and ECDSA goes through aws-lc-rs (never the `rsa` crate:
-//! RUSTSEC-2023-0071), Ed25519 through ed25519-dalek. A signing key is parsed once into a
-//! [`Signer`] and kept; nothing re-parses a private key per token. Every type that holds
-//! private material has a redacted `Debug` and wipes its bytes on drop.
+//! Key pairs: generation, the public JWK, and a parsed [`Signer`] per private key.
 
+use super::CryptoError;
 use crate::domain::{Algorithm, Kid, RsaBits};
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::encoding::AsDer as _;
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use aws_lc_rs::rsa::KeySize;
@@ -18,41 +13,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use zeroize::Zeroizing;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CryptoError {
-    #[error("key generation failed for {0}")]
-    Generate(Algorithm),
-    #[error("stored private key for {0} could not be parsed")]
-    Parse(Algorithm),
-    #[error("signing failed")]
-    Sign,
-    #[error("sealing failed")]
-    Seal,
-    /// Wrong KEK, a tampered blob, or a blob moved to another key id.
-    #[error(
-        "a sealed private key could not be opened (wrong key-encryption key, or the row was altered)"
-    )]
-    Open,
-}
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// SHA-256 of a text as lowercase hex: how secrets with enough entropy of their own (API
-/// token secrets, session ids) are stored.
-pub fn sha256_hex(text: &str) -> String {
-    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref())
-}
-
-/// `n` random bytes as lowercase hex, for row ids; `None` without randomness.
-pub fn random_hex(n: usize) -> Option<String> {
-    let mut bytes = vec![0u8; n];
-    SystemRandom::new().fill(&mut bytes).ok()?;
-    Some(hex(&bytes))
-}
 
 /// The public half of a key as a JWK. Built only from public components, so it cannot
 /// carry a private parameter whatever the caller does.
@@ -259,41 +219,6 @@ impl Signer {
     }
 }
 
-/// Seals private key bytes under a KEK with AES-256-GCM. The kid is the associated data:
-/// a sealed blob copied to another row does not open. Output: nonce || ciphertext || tag.
-pub fn seal(kek: &[u8; 32], kid: &Kid, private: &PrivateKey) -> Result<Vec<u8>, CryptoError> {
-    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, kek).map_err(|_| CryptoError::Seal)?);
-    let mut nonce = [0u8; NONCE_LEN];
-    SystemRandom::new()
-        .fill(&mut nonce)
-        .map_err(|_| CryptoError::Seal)?;
-    let mut in_out = private.as_bytes().to_vec();
-    key.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(nonce),
-        Aad::from(kid.as_str().as_bytes()),
-        &mut in_out,
-    )
-    .map_err(|_| CryptoError::Seal)?;
-    let mut out = nonce.to_vec();
-    out.extend_from_slice(&in_out);
-    Ok(out)
-}
-
-/// Opens what [`seal`] produced.
-pub fn open(kek: &[u8; 32], kid: &Kid, sealed: &[u8]) -> Result<PrivateKey, CryptoError> {
-    if sealed.len() < NONCE_LEN {
-        return Err(CryptoError::Open);
-    }
-    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, kek).map_err(|_| CryptoError::Open)?);
-    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Open)?;
-    let mut buf = Zeroizing::new(ciphertext.to_vec());
-    let plain = key
-        .open_in_place(nonce, Aad::from(kid.as_str().as_bytes()), &mut buf)
-        .map_err(|_| CryptoError::Open)?;
-    Ok(PrivateKey::from_bytes(plain.to_vec()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,37 +259,5 @@ mod tests {
             jwk.thumbprint().as_str(),
             "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
         );
-    }
-
-    #[test]
-    fn sealed_keys_open_only_under_the_same_kek_and_kid() {
-        let key = generate(Algorithm::EdDSA, RsaBits::B2048).unwrap();
-        let kek = [7u8; 32];
-        let sealed = seal(&kek, &key.kid, &key.private).unwrap();
-        assert!(!sealed.windows(32).any(|w| w == key.private.as_bytes()));
-        assert_eq!(
-            open(&kek, &key.kid, &sealed).unwrap().as_bytes(),
-            key.private.as_bytes()
-        );
-
-        let other = generate(Algorithm::EdDSA, RsaBits::B2048).unwrap();
-        assert!(matches!(
-            open(&kek, &other.kid, &sealed),
-            Err(CryptoError::Open)
-        ));
-        assert!(matches!(
-            open(&[8u8; 32], &key.kid, &sealed),
-            Err(CryptoError::Open)
-        ));
-        let mut tampered = sealed.clone();
-        tampered[NONCE_LEN] ^= 1;
-        assert!(matches!(
-            open(&kek, &key.kid, &tampered),
-            Err(CryptoError::Open)
-        ));
-        assert!(matches!(
-            open(&kek, &key.kid, &sealed[..4]),
-            Err(CryptoError::Open)
-        ));
     }
 }

@@ -6,154 +6,37 @@
 //! transaction with its audit events. When another writer got there first, the operation
 //! re-reads the keys and plans again.
 //!
-//! The service also keeps a [`KeySnapshot`] in memory: the published JWKS as precomputed
-//! bytes with an ETag, and a parsed signer per active key. The snapshot is built from
-//! public metadata, so it follows the database even where a private key cannot be opened;
-//! only signing needs the private halves, and it refuses rather than use a stale key.
+//! The service also keeps the [`KeySnapshot`] every request reads, and replaces it when
+//! the stored keys change.
 
+use super::{Counters, KeyError, KeySnapshot, SLOT_ROTATION, Schedule, ScheduleError};
 use crate::domain::audit::{Level, Trigger, kind};
 use crate::domain::lifecycle::{self, PlanError, Policy};
 use crate::domain::schedule::DueSlot;
 use crate::domain::{Algorithm, CronSchedule, KeyInfo, KeyState, Kid, Plan, Retention};
-use crate::server::audit::{self, NewEvent};
+use crate::server::audit::{self, Actor, NewEvent};
 use crate::server::config::Config;
-use crate::server::crypto::{self, CryptoError, PublicJwk, Signer};
-use crate::server::jwt;
-use crate::server::kek::Keyring;
+use crate::server::crypto::kek::Keyring;
+use crate::server::crypto::{self, CryptoError, Signer};
+use crate::server::keys::jwt;
 use crate::server::storage::{
     KeyChange, NewKey, Resealed, ScheduleRow, SlotClaim, Storage, StorageError, StoredKey,
 };
-use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-/// The scheduler job whose slots are the cron schedule's fire times.
-pub const SLOT_ROTATION: &str = "rotation";
-
 /// How many times an operation re-plans after losing a race before giving up.
 const MAX_ATTEMPTS: usize = 5;
 
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error(transparent)]
-    Crypto(#[from] CryptoError),
-    #[error(
-        "key {0} is sealed with key-encryption key '{1}', which this instance does not have \
-         (add it to SIGNET_ENC_KEYS)"
-    )]
-    MissingKek(Kid, String),
-    #[error("the keys kept changing concurrently; try again")]
-    Busy,
-    #[error("the scheduled slot was already handled by another instance")]
-    SlotTaken,
-}
-
-/// Who asked for a change, for the audit log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor {
-    pub name: String,
-    pub trigger: Trigger,
-    pub source: Option<String>,
-}
-
-impl Actor {
-    pub fn cli() -> Self {
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-        Self {
-            name: format!("cli:{user}"),
-            trigger: Trigger::Cli,
-            source: None,
-        }
-    }
-
-    /// Signet itself, for what happens at start (first keys, catch-up).
-    pub fn system() -> Self {
-        Self {
-            name: "system".into(),
-            trigger: Trigger::Scheduler,
-            source: None,
-        }
-    }
-
-    pub fn scheduler() -> Self {
-        Self {
-            name: "scheduler".into(),
-            trigger: Trigger::Scheduler,
-            source: None,
-        }
-    }
-}
-
-/// One published key, ready to serve or sign with.
-pub struct ActiveSigner {
-    pub kid: Kid,
-    pub alg: Algorithm,
-    pub signer: Signer,
-}
-
-/// What every request reads: built once per change of the keys.
-///
-/// Everything but the signers comes from public metadata (states, timestamps, public
-/// JWKs), so the JWKS, the key states and verification follow the database even when a
-/// private key cannot be opened here (a KEK this instance lacks, a damaged row).
-pub struct KeySnapshot {
-    pub version: i64,
-    pub keys: Vec<KeyInfo>,
-    /// The JWKS body; `Bytes` so serving it is a reference-count increment, not a copy.
-    pub jwks: Bytes,
-    pub jwks_by_alg: HashMap<Algorithm, Bytes>,
-    pub etag: String,
-    /// The active key of each algorithm whose private half this instance could open.
-    pub signers: HashMap<Algorithm, Arc<ActiveSigner>>,
-    /// Why an algorithm with an active key has no signer here (for `/sign` and readiness).
-    pub unavailable: HashMap<Algorithm, String>,
-    /// Published keys left out of the JWKS because their stored public JWK is damaged.
-    pub damaged: Vec<String>,
-    /// The public JWK of every published key, for verification.
-    pub public: HashMap<Kid, PublicJwk>,
-    /// When the next rotated key's publication ends; the watcher expires it then, so the
-    /// JWKS drops it on time rather than at the next housekeeping pass.
-    pub next_expiry: Option<DateTime<Utc>>,
-}
-
-impl KeySnapshot {
-    fn empty() -> Self {
-        Self {
-            version: -1,
-            keys: Vec::new(),
-            jwks: Bytes::from_static(br#"{"keys":[]}"#),
-            jwks_by_alg: HashMap::new(),
-            etag: String::new(),
-            signers: HashMap::new(),
-            unavailable: HashMap::new(),
-            damaged: Vec::new(),
-            public: HashMap::new(),
-            next_expiry: None,
-        }
-    }
-
-    /// Why this snapshot cannot sign for every enabled algorithm, if it cannot: one
-    /// sentence per algorithm (a missing KEK names its id).
-    pub fn problems(&self, enabled: &[Algorithm]) -> Vec<String> {
-        if self.version < 0 {
-            return vec!["the keys have not been loaded yet".into()];
-        }
-        enabled
-            .iter()
-            .filter(|a| !self.signers.contains_key(a))
-            .map(|a| {
-                self.unavailable
-                    .get(a)
-                    .cloned()
-                    .unwrap_or_else(|| format!("{a} has no active key"))
-            })
-            .collect()
-    }
+/// When a lifecycle operation plans and under which slot claim: by default now, with
+/// none.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    /// The time to plan at, for housekeeping that expires keys as of one instant.
+    at: Option<DateTime<Utc>>,
+    /// The scheduled slot the change must claim in its transaction.
+    claim: Option<SlotClaim>,
 }
 
 /// How long the in-memory keys may lag behind the database before the instance reports
@@ -184,7 +67,7 @@ pub struct KeyService {
     /// Set while the database holds a newer key version than the snapshot.
     lag: std::sync::Mutex<Option<Lag>>,
     /// What this process rotated and revoked, for `/metrics`.
-    pub counters: crate::server::metrics::Counters,
+    pub counters: Counters,
 }
 
 /// How many keys a plan revokes.
@@ -197,44 +80,6 @@ fn revoked_count(plan: &Plan) -> usize {
 
 /// Granularity of the per-key latest-`exp` record: at most one write a minute per key.
 const EXP_RECORD_STEP_SECS: i64 = 60;
-
-/// The rotation schedule in force: stored in the database, seeded from the config.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Schedule {
-    pub cron: CronSchedule,
-    pub retention: Retention,
-    pub updated_at: Option<DateTime<Utc>>,
-    /// When `cron` took effect; slots before it are not owed.
-    pub cron_since: Option<DateTime<Utc>>,
-}
-
-impl Schedule {
-    /// The schedule as stored. Valid when stored; it may have run out since, which the
-    /// scheduler reports.
-    pub fn from_row(row: &ScheduleRow) -> Result<Self, ScheduleError> {
-        Ok(Self {
-            cron: CronSchedule::parse_stored(&row.cron)?,
-            retention: Retention::from_secs(u64::try_from(row.retention_secs).unwrap_or(0)),
-            updated_at: Some(row.updated_at),
-            cron_since: Some(row.cron_since),
-        })
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
-    #[error("invalid cron expression: {0}")]
-    Cron(#[from] crate::domain::schedule::CronError),
-    #[error("invalid retention: {0}")]
-    Retention(#[from] crate::domain::retention::RetentionError),
-    #[error("retention ({retention}) must be longer than the maximum token lifetime ({max_ttl})")]
-    TooShort {
-        retention: Retention,
-        max_ttl: Retention,
-    },
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
 
 impl KeyService {
     pub fn new(storage: Arc<dyn Storage>, keyring: Arc<Keyring>, config: Arc<Config>) -> Self {
@@ -462,6 +307,7 @@ impl KeyService {
         let enabled = self.enabled().to_vec();
         let created = self
             .execute(
+                Run::default(),
                 |keys, _| Ok(lifecycle::plan_bootstrap(keys, &enabled)),
                 |plan, kids| {
                     vec![event(
@@ -498,6 +344,7 @@ impl KeyService {
         let policy = self.policy();
         let plan = self
             .execute(
+                Run::default(),
                 |keys, now| {
                     let mut plan = Plan::default();
                     for &a in &algs {
@@ -567,9 +414,11 @@ impl KeyService {
         };
         let slot = due.slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let result = self
-            .execute_claiming(
-                None,
-                Some(claim),
+            .execute(
+                Run {
+                    at: None,
+                    claim: Some(claim),
+                },
                 |keys, now| {
                     let mut plan = Plan::default();
                     for &a in &algs {
@@ -642,6 +491,7 @@ impl KeyService {
         let policy = self.policy();
         let plan = self
             .execute(
+                Run::default(),
                 |keys, now| Ok(lifecycle::plan_revoke(keys, kid, now, policy)?),
                 |_, kids| {
                     vec![event(
@@ -667,8 +517,11 @@ impl KeyService {
         let actor = Actor::scheduler();
         let policy = self.policy();
         let plan = self
-            .execute_at(
-                Some(now),
+            .execute(
+                Run {
+                    at: Some(now),
+                    claim: None,
+                },
                 |keys, now| {
                     let mut plan = lifecycle::plan_expiry(keys, now, policy);
                     // Still over the cap is no news here; rotations report it.
@@ -740,7 +593,8 @@ impl KeyService {
     pub async fn reload(&self) -> Result<(), KeyError> {
         let version = self.storage.key_version().await?;
         let keys = self.storage.list_keys().await?;
-        let snapshot = self.build_snapshot(version, keys, &self.snapshot())?;
+        let snapshot =
+            KeySnapshot::build(version, keys, &self.snapshot(), |k| self.open_signer(k))?;
         for problem in snapshot
             .problems(self.enabled())
             .iter()
@@ -796,106 +650,6 @@ impl KeyService {
             .and_then(|lag| lag.map(|l| l.since.elapsed()))
     }
 
-    /// Builds a snapshot from the stored keys. Never fails for one key's sake: a key whose
-    /// private half cannot be opened only leaves its algorithm without a signer (with the
-    /// reason in `unavailable`), and a damaged public JWK only leaves that key out of the
-    /// JWKS. Signers of keys that were already active in `previous` are reused.
-    fn build_snapshot(
-        &self,
-        version: i64,
-        stored: Vec<StoredKey>,
-        previous: &KeySnapshot,
-    ) -> Result<KeySnapshot, KeyError> {
-        let now = Utc::now();
-        let infos: Vec<KeyInfo> = stored.iter().map(|k| k.info.clone()).collect();
-        let mut published: Vec<&StoredKey> =
-            stored.iter().filter(|k| k.info.is_published(now)).collect();
-        // Stable, useful order: by algorithm, then active, next, newest rotated.
-        published.sort_by_key(|k| {
-            let rank = match k.info.state {
-                KeyState::Active => 0,
-                KeyState::Next => 1,
-                _ => 2,
-            };
-            (k.info.alg, rank, std::cmp::Reverse(k.info.rotated_at))
-        });
-        let mut public = HashMap::new();
-        let mut damaged = Vec::new();
-        for k in &published {
-            match serde_json::from_str::<PublicJwk>(&k.public_jwk) {
-                Ok(jwk) if jwk.kid == k.info.kid.as_str() => {
-                    public.insert(k.info.kid.clone(), jwk);
-                }
-                _ => damaged.push(format!(
-                    "the stored public key of {} {} is damaged; it is not published",
-                    k.info.alg, k.info.kid
-                )),
-            }
-        }
-        let jwks_of = |keys: &[&StoredKey]| -> Result<Bytes, KeyError> {
-            let jwks: Vec<&PublicJwk> = keys
-                .iter()
-                .filter_map(|k| public.get(&k.info.kid))
-                .collect();
-            serde_json::to_vec(&serde_json::json!({ "keys": jwks }))
-                .map(Bytes::from)
-                .map_err(|e| StorageError::Corrupt(e.to_string()).into())
-        };
-        let jwks = jwks_of(&published)?;
-        let mut jwks_by_alg = HashMap::new();
-        for alg in Algorithm::ALL {
-            let of_alg: Vec<&StoredKey> = published
-                .iter()
-                .copied()
-                .filter(|k| k.info.alg == alg)
-                .collect();
-            jwks_by_alg.insert(alg, jwks_of(&of_alg)?);
-        }
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &jwks);
-        let etag = format!("\"{}\"", crate::server::crypto::hex(&digest.as_ref()[..16]));
-        let mut signers = HashMap::new();
-        let mut unavailable = HashMap::new();
-        for key in stored.iter().filter(|k| k.info.state == KeyState::Active) {
-            let alg = key.info.alg;
-            if let Some(kept) = previous.signers.get(&alg).filter(|s| s.kid == key.info.kid) {
-                signers.insert(alg, kept.clone());
-                continue;
-            }
-            match self.open_signer(key) {
-                Ok(signer) => {
-                    signers.insert(
-                        alg,
-                        Arc::new(ActiveSigner {
-                            kid: key.info.kid.clone(),
-                            alg,
-                            signer,
-                        }),
-                    );
-                }
-                Err(e) => {
-                    unavailable.insert(alg, format!("cannot sign with the active {alg} key: {e}"));
-                }
-            }
-        }
-        let next_expiry = infos
-            .iter()
-            .filter(|k| k.state == KeyState::Rotated)
-            .filter_map(|k| k.expires_at)
-            .min();
-        Ok(KeySnapshot {
-            version,
-            keys: infos,
-            jwks,
-            jwks_by_alg,
-            etag,
-            signers,
-            unavailable,
-            damaged,
-            public,
-            next_expiry,
-        })
-    }
-
     /// Opens and parses the private half of an active key.
     fn open_signer(&self, key: &StoredKey) -> Result<Signer, KeyError> {
         let (Some(sealed), Some(kek_id)) = (&key.sealed, &key.kek_id) else {
@@ -917,43 +671,16 @@ impl KeyService {
         Ok(crypto::open(kek.key_bytes(), kid, sealed)?)
     }
 
-    async fn execute<P, E>(&self, plan: P, events: E) -> Result<Option<Plan>, KeyError>
-    where
-        P: Fn(&[KeyInfo], DateTime<Utc>) -> Result<Plan, KeyError>,
-        E: Fn(&Plan, Vec<String>) -> Vec<NewEvent>,
-    {
-        self.execute_claiming(None, None, plan, events).await
-    }
-
-    async fn execute_at<P, E>(
-        &self,
-        at: Option<DateTime<Utc>>,
-        plan: P,
-        events: E,
-    ) -> Result<Option<Plan>, KeyError>
-    where
-        P: Fn(&[KeyInfo], DateTime<Utc>) -> Result<Plan, KeyError>,
-        E: Fn(&Plan, Vec<String>) -> Vec<NewEvent>,
-    {
-        self.execute_claiming(at, None, plan, events).await
-    }
-
     /// Plans against the stored keys, generates and seals fresh keys, and applies the
-    /// change in one transaction (with the slot `claim`, if any); on a lost race, starts
-    /// over. `None` when the plan was empty (nothing to do).
-    async fn execute_claiming<P, E>(
-        &self,
-        at: Option<DateTime<Utc>>,
-        claim: Option<SlotClaim>,
-        plan: P,
-        events: E,
-    ) -> Result<Option<Plan>, KeyError>
+    /// change in one transaction (with the slot claim of `run`, if any); on a lost race,
+    /// starts over. `None` when the plan was empty (nothing to do).
+    async fn execute<P, E>(&self, run: Run, plan: P, events: E) -> Result<Option<Plan>, KeyError>
     where
         P: Fn(&[KeyInfo], DateTime<Utc>) -> Result<Plan, KeyError>,
         E: Fn(&Plan, Vec<String>) -> Vec<NewEvent>,
     {
         for _ in 0..MAX_ATTEMPTS {
-            let now = at.unwrap_or_else(audit::now);
+            let now = run.at.unwrap_or_else(audit::now);
             let keys: Vec<KeyInfo> = self
                 .storage
                 .list_keys()
@@ -979,7 +706,7 @@ impl KeyService {
                 reason: events.first().and_then(|e| e.reason.clone()),
                 events,
                 new_keys,
-                claim: claim.clone(),
+                claim: run.claim.clone(),
             };
             match self.storage.apply_key_change(&change).await {
                 Ok(()) => {
@@ -1099,14 +826,8 @@ fn event(
     reason: Option<String>,
     details: serde_json::Value,
 ) -> NewEvent {
-    NewEvent {
-        level,
-        kind,
-        actor: actor.name.clone(),
-        trigger: actor.trigger,
-        source: actor.source.clone(),
-        kids,
-        reason,
-        details,
-    }
+    NewEvent::new(level, kind, actor)
+        .kids(kids)
+        .reason(reason)
+        .details(details)
 }

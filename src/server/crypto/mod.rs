@@ -1,0 +1,54 @@
+//! Cryptography: key generation, public JWKs and signing ([`signing`]), sealing private
+//! keys under a key-encryption key ([`seal`]), the KEKs themselves ([`kek`]) and PEM
+//! export ([`pem`]).
+//!
+//! Private-key work for RSA and ECDSA goes through aws-lc-rs (never the `rsa` crate:
+//! RUSTSEC-2023-0071), Ed25519 through ed25519-dalek. A signing key is parsed once into a
+//! [`Signer`] and kept; nothing re-parses a private key per token. Every type that holds
+//! private material has a redacted `Debug` and wipes its bytes on drop.
+
+pub mod kek;
+pub mod pem;
+pub mod seal;
+pub mod signing;
+
+pub use seal::{open, seal};
+pub use signing::{GeneratedKey, PrivateKey, PublicJwk, Signer, generate};
+
+use crate::domain::Algorithm;
+use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("key generation failed for {0}")]
+    Generate(Algorithm),
+    #[error("stored private key for {0} could not be parsed")]
+    Parse(Algorithm),
+    #[error("signing failed")]
+    Sign,
+    #[error("sealing failed")]
+    Seal,
+    /// Wrong KEK, a tampered blob, or a blob moved to another key id.
+    #[error(
+        "a sealed private key could not be opened (wrong key-encryption key, or the row was altered)"
+    )]
+    Open,
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of a text as lowercase hex: how secrets with enough entropy of their own (API
+/// token secrets, session ids) are stored.
+pub fn sha256_hex(text: &str) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref())
+}
+
+/// `n` random bytes as lowercase hex, for row ids; `None` without randomness.
+pub fn random_hex(n: usize) -> Option<String> {
+    let mut bytes = vec![0u8; n];
+    SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(hex(&bytes))
+}
