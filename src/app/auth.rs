@@ -1,6 +1,6 @@
 //! Signing in and out, and the one-time password change: `/login`, `/account/password`.
 
-use super::guard::describe;
+use super::components::failure;
 use super::wire::Me;
 use crate::domain::admin::{MIN_PASSWORD_CHARS, check_new_password};
 use leptos::prelude::*;
@@ -216,10 +216,7 @@ pub fn LoginPage() -> impl IntoView {
                 </button>
             </form>
             <div aria-live="polite">
-                {move || match action.value().get() {
-                    Some(Err(e)) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
-                    _ => ().into_any(),
-                }}
+                {move || failure(action.value().get())}
             </div>
         </section>
     }
@@ -296,10 +293,7 @@ pub fn PasswordPage() -> impl IntoView {
                 </button>
             </form>
             <div aria-live="polite">
-                {move || match action.value().get() {
-                    Some(Err(e)) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
-                    _ => ().into_any(),
-                }}
+                {move || failure(action.value().get())}
             </div>
         </section>
     }

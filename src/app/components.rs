@@ -1,5 +1,6 @@
 //! Small pieces several pages use.
 
+use super::guard::describe;
 use leptos::prelude::*;
 
 /// A button that copies `text` to the clipboard and then says so.
@@ -25,5 +26,18 @@ pub fn CopyButton(
         <button type="button" class="ghost small" disabled=move || disabled.get() on:click=copy>
             {move || if copied.get() { "Copied".to_string() } else { label.clone() }}
         </button>
+    }
+}
+
+/// A failure's message, as every page shows one.
+pub fn error_note(e: &ServerFnError) -> AnyView {
+    view! { <p class="error" role="alert">{describe(e)}</p> }.into_any()
+}
+
+/// The latest outcome of an action, shown only when it failed.
+pub fn failure<T>(outcome: Option<Result<T, ServerFnError>>) -> AnyView {
+    match outcome {
+        Some(Err(e)) => error_note(&e),
+        _ => ().into_any(),
     }
 }

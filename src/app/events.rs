@@ -2,6 +2,7 @@
 //! events" asks for ids below the last one shown, so every page costs the same however
 //! deep), a live tail over server-sent events, and CSV/JSON export of the filtered view.
 
+use super::components::failure;
 use super::guard::describe;
 use super::hydrated;
 use super::wire::{EventFilterView, EventPage, EventView};
@@ -186,10 +187,7 @@ pub fn EventsPage() -> impl IntoView {
                 }>
                 {move || if more.pending().get() { "Loading…" } else { "Load older events" }}
             </button>
-            {move || match more.value().get() {
-                Some(Err(e)) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
-                _ => ().into_any(),
-            }}
+            {move || failure(more.value().get())}
         </div>
     }
 }

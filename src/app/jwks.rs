@@ -1,7 +1,7 @@
 //! `/config/jwks`: every signing key, grouped by algorithm, with its state, timestamps,
 //! public JWK and a timeline; and the Rotate Keys, Rotate and revoke, and Revoke actions.
 
-use super::components::CopyButton;
+use super::components::{CopyButton, error_note};
 use super::guard::describe;
 use super::timeline::Timeline;
 use super::wire::{ActionOutcome, KeyView, KeysPage};
@@ -259,7 +259,7 @@ pub fn JwksPage() -> impl IntoView {
                             <RetiredGroups page />
                         }.into_any()
                     }
-                    Err(e) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
+                    Err(e) => error_note(&e),
                 }
             })}
         </Transition>

@@ -4,6 +4,7 @@
 //! (`domain::CronSchedule`, `domain::Retention`), and again by the server on save, so
 //! both sides always agree on what is valid.
 
+use super::components::error_note;
 use super::guard::describe;
 use super::wire::{SchedulePreview, ScheduleView};
 use super::{can_change, hydrated};
@@ -148,7 +149,7 @@ pub fn SchedulePage() -> impl IntoView {
                         </section>
                         <EditForm current=s save />
                     }.into_any(),
-                    Err(e) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
+                    Err(e) => error_note(&e),
                 }
             })}
         </Transition>
@@ -256,7 +257,7 @@ fn EditForm(current: ScheduleView, save: ServerAction<SaveSchedule>) -> impl Int
             <div id="save-result" role="status" aria-live="polite">
                 {move || match save.value().get() {
                     Some(Ok(_)) => view! { <p class="success">"Schedule saved."</p> }.into_any(),
-                    Some(Err(e)) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
+                    Some(Err(e)) => error_note(&e),
                     None => ().into_any(),
                 }}
             </div>

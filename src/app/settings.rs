@@ -1,8 +1,7 @@
 //! `/settings`: admin accounts (list, create, disable) and API tokens (list, create with
 //! scopes, revoke). New secrets (a one-time password, a token) are shown once.
 
-use super::components::CopyButton;
-use super::guard::describe;
+use super::components::{CopyButton, error_note, failure};
 use super::wire::{AdminView, Secret, TokenView};
 use super::{can_change, hydrated};
 use leptos::prelude::*;
@@ -302,14 +301,11 @@ fn Admins() -> impl IntoView {
                                 </table>
                             </div>
                         }.into_any(),
-                        Err(e) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
+                        Err(e) => error_note(&e),
                     }
                 })}
             </Transition>
-            {move || match toggle.value().get() {
-                Some(Err(e)) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
-                _ => ().into_any(),
-            }}
+            {move || failure(toggle.value().get())}
             <h3>"Add an admin"</h3>
             <form id="create-admin" class="inline-form" on:submit=move |ev| {
                 ev.prevent_default();
@@ -339,7 +335,7 @@ fn Admins() -> impl IntoView {
             <div aria-live="polite">
                 {move || match create.value().get() {
                     Some(Ok(secret)) => view! { <SecretBox secret /> }.into_any(),
-                    Some(Err(e)) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
+                    Some(Err(e)) => error_note(&e),
                     None => ().into_any(),
                 }}
             </div>
@@ -408,14 +404,11 @@ fn Tokens() -> impl IntoView {
                                 </table>
                             </div>
                         }.into_any(),
-                        Err(e) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
+                        Err(e) => error_note(&e),
                     }
                 })}
             </Transition>
-            {move || match revoke.value().get() {
-                Some(Err(e)) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
-                _ => ().into_any(),
-            }}
+            {move || failure(revoke.value().get())}
             <h3>"Create a token"</h3>
             <form id="create-token" on:submit=move |ev| {
                 ev.prevent_default();
@@ -455,7 +448,7 @@ fn Tokens() -> impl IntoView {
             <div aria-live="polite">
                 {move || match create.value().get() {
                     Some(Ok(secret)) => view! { <SecretBox secret /> }.into_any(),
-                    Some(Err(e)) => view! { <p class="error" role="alert">{describe(&e)}</p> }.into_any(),
+                    Some(Err(e)) => error_note(&e),
                     None => ().into_any(),
                 }}
             </div>

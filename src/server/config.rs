@@ -401,7 +401,7 @@ impl Config {
                 )),
             }
         });
-        // Invariant 4: a token must never outlive the publication of its key.
+        // Invariant 4 (docs/design.md): a token must never outlive the publication of its key.
         if let (Some(ttl), Some(retention)) = (max_token_ttl, retention)
             && ttl >= retention
         {

@@ -230,15 +230,11 @@ mod tests {
 
     #[test]
     fn private_pages_are_everything_but_login() {
-        for p in [
-            "/",
-            "/config/jwks",
-            "/config/schedule",
-            "/events",
-            "/settings",
-            "/account/password",
-        ] {
+        for p in PRIVATE_PAGES {
             assert!(is_private_page(p), "{p}");
+            if p != "/" {
+                assert!(is_private_page(&format!("{p}/")), "{p}/");
+            }
         }
         for p in [
             "/login",

@@ -152,8 +152,8 @@ impl KeyService {
         Ok(signed)
     }
 
-    /// Keeps the database's latest-`exp` per key close to the truth (invariant 4 then holds
-    /// even if retention is shortened while tokens are out).
+    /// Keeps the database's latest-`exp` per key close to the truth (invariant 4 of
+    /// docs/design.md then holds even if retention is shortened while tokens are out).
     async fn note_token_exp(&self, kid: &Kid, exp: DateTime<Utc>) {
         let due = {
             let Ok(mut seen) = self.recorded_exp.lock() else {
