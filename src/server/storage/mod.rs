@@ -59,19 +59,8 @@ pub trait Storage:
 {
 }
 
-impl<T> Storage for T where
-    T: KeyStore
-        + AuditStore
-        + AdminStore
-        + SessionStore
-        + TokenStore
-        + ScheduleStore
-        + Lifecycle
-        + Send
-        + Sync
-        + 'static
-{
-}
+// Every backend implements each concern (in the concern's file), so each is a `Storage`.
+impl<B: sql::SqlBackend> Storage for B {}
 
 /// Opens the database a URL names. For SQLite this creates the file (and its directory)
 /// when missing; for PostgreSQL the database must exist.

@@ -56,6 +56,12 @@ pub trait SessionStore: Send + Sync {
     async fn forgive_login_failure(&self, key: &str) -> Result<(), StorageError>;
 }
 
+/// Runs a statement whose one parameter is a session id or a sign-in key.
+async fn execute_for<B: SqlBackend>(backend: &B, sql: &str, key: &str) -> Result<(), StorageError> {
+    sqlx::query(sql).arg(key).exec(backend.pool()).await?;
+    Ok(())
+}
+
 #[async_trait]
 impl<B: SqlBackend> SessionStore for B {
     async fn load_session(
@@ -96,11 +102,7 @@ impl<B: SqlBackend> SessionStore for B {
     }
 
     async fn delete_session(&self, id: &str) -> Result<(), StorageError> {
-        sqlx::query("DELETE FROM sessions WHERE id = $1")
-            .arg(id)
-            .exec(self.pool())
-            .await?;
-        Ok(())
+        execute_for(self, "DELETE FROM sessions WHERE id = $1", id).await
     }
 
     async fn prune_sessions(&self, now: DateTime<Utc>) -> Result<u64, StorageError> {
@@ -174,30 +176,18 @@ impl<B: SqlBackend> SessionStore for B {
     }
 
     async fn clear_login_failures(&self, key: &str) -> Result<(), StorageError> {
-        sqlx::query("DELETE FROM login_throttle WHERE key = $1")
-            .arg(key)
-            .exec(self.pool())
-            .await?;
-        Ok(())
+        execute_for(self, "DELETE FROM login_throttle WHERE key = $1", key).await
     }
 
     async fn clear_login_failures_with_prefix(&self, prefix: &str) -> Result<(), StorageError> {
         // Not LIKE: an email may hold '_' or '%'.
-        sqlx::query("DELETE FROM login_throttle WHERE substr(key, 1, length($1)) = $1")
-            .arg(prefix)
-            .exec(self.pool())
-            .await?;
-        Ok(())
+        let sql = "DELETE FROM login_throttle WHERE substr(key, 1, length($1)) = $1";
+        execute_for(self, sql, prefix).await
     }
 
     async fn forgive_login_failure(&self, key: &str) -> Result<(), StorageError> {
-        sqlx::query(
-            "UPDATE login_throttle SET failures = failures - 1 \
-             WHERE key = $1 AND failures > 0",
-        )
-        .arg(key)
-        .exec(self.pool())
-        .await?;
-        Ok(())
+        let sql = "UPDATE login_throttle SET failures = failures - 1 \
+                   WHERE key = $1 AND failures > 0";
+        execute_for(self, sql, key).await
     }
 }
