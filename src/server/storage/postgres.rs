@@ -1,8 +1,7 @@
 //! PostgreSQL storage: for several instances behind a load balancer.
 
 use super::StorageError;
-use super::audit::AuditKeyState;
-use super::sql::{Dialect, RowsAffected, SqlBackend};
+use super::sql::{Core, Dialect, SqlBackend};
 use crate::server::config::{Backend, DatabaseUrl};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult};
@@ -12,8 +11,7 @@ use std::time::Duration;
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 pub struct PostgresStorage {
-    pool: PgPool,
-    audit: AuditKeyState,
+    core: Core<sqlx::Postgres>,
 }
 
 impl PostgresStorage {
@@ -26,32 +24,27 @@ impl PostgresStorage {
             .connect_with(options)
             .await?;
         Ok(Self {
-            pool,
-            audit: Default::default(),
+            core: Core::new(pool),
         })
     }
 
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.core.pool
     }
 }
 
 impl SqlBackend for PostgresStorage {
     type DB = sqlx::Postgres;
 
-    fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    fn audit(&self) -> &AuditKeyState {
-        &self.audit
+    fn core(&self) -> &Core<sqlx::Postgres> {
+        &self.core
     }
 
     async fn listen_key_changes(
         &self,
         changed: tokio::sync::mpsc::Sender<()>,
     ) -> Result<(), StorageError> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.core.pool).await?;
         listener.listen("signet_keys").await?;
         loop {
             // `recv` reconnects by itself after a dropped connection.
@@ -78,10 +71,8 @@ impl Dialect for sqlx::Postgres {
          (SELECT MAX(version) FROM _sqlx_migrations WHERE success) AS schema_version \
          FROM instance WHERE id = 1";
     const MIGRATOR: &'static Migrator = &MIGRATOR;
-}
 
-impl RowsAffected for PgQueryResult {
-    fn rows(&self) -> u64 {
-        self.rows_affected()
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
     }
 }

@@ -37,6 +37,12 @@ use sqlx::{
 };
 use std::future::Future;
 
+/// Where a query runs: a `&Pool` or a `&mut Transaction`, anything that can `Acquire` a
+/// connection.
+pub(super) trait On<'c, DB: Database>: Acquire<'c, Database = DB> + Send {}
+
+impl<'c, DB: Database, A: Acquire<'c, Database = DB> + Send> On<'c, DB> for A {}
+
 /// A query as the shared code builds it.
 pub(super) type Q<'q, DB> = Query<'q, DB, <DB as Database>::Arguments<'q>>;
 
@@ -78,33 +84,22 @@ where
     }
 }
 
-/// What a statement changed; sqlx has no trait for it.
-pub(super) trait RowsAffected {
-    fn rows(&self) -> u64;
-}
-
 /// The database can run a query where a connection can be acquired, and migrate a pool.
 pub(super) trait Run: Database {
-    fn execute<'q, 'c, A>(
+    fn execute<'q, 'c>(
         query: Q<'q, Self>,
-        on: A,
-    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send
-    where
-        A: Acquire<'c, Database = Self> + Send;
+        on: impl On<'c, Self>,
+    ) -> impl Future<Output = Result<Self::QueryResult, sqlx::Error>> + Send;
 
-    fn fetch_all<'q, 'c, A>(
+    fn fetch_all<'q, 'c>(
         query: Q<'q, Self>,
-        on: A,
-    ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send
-    where
-        A: Acquire<'c, Database = Self> + Send;
+        on: impl On<'c, Self>,
+    ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send;
 
-    fn fetch_optional<'q, 'c, A>(
+    fn fetch_optional<'q, 'c>(
         query: Q<'q, Self>,
-        on: A,
-    ) -> impl Future<Output = Result<Option<Self::Row>, sqlx::Error>> + Send
-    where
-        A: Acquire<'c, Database = Self> + Send;
+        on: impl On<'c, Self>,
+    ) -> impl Future<Output = Result<Option<Self::Row>, sqlx::Error>> + Send;
 
     fn migrate<'a>(
         migrator: &'a Migrator,
@@ -116,32 +111,28 @@ impl<DB: Database> Run for DB
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    DB::QueryResult: RowsAffected,
     DB::Connection: Migrate,
 {
-    async fn execute<'q, 'c, A>(query: Q<'q, Self>, on: A) -> Result<u64, sqlx::Error>
-    where
-        A: Acquire<'c, Database = Self> + Send,
-    {
+    async fn execute<'q, 'c>(
+        query: Q<'q, Self>,
+        on: impl On<'c, Self>,
+    ) -> Result<DB::QueryResult, sqlx::Error> {
         let mut conn = on.acquire().await?;
-        Ok(query.execute(&mut *conn).await?.rows())
+        query.execute(&mut *conn).await
     }
 
-    async fn fetch_all<'q, 'c, A>(query: Q<'q, Self>, on: A) -> Result<Vec<DB::Row>, sqlx::Error>
-    where
-        A: Acquire<'c, Database = Self> + Send,
-    {
+    async fn fetch_all<'q, 'c>(
+        query: Q<'q, Self>,
+        on: impl On<'c, Self>,
+    ) -> Result<Vec<DB::Row>, sqlx::Error> {
         let mut conn = on.acquire().await?;
         query.fetch_all(&mut *conn).await
     }
 
-    async fn fetch_optional<'q, 'c, A>(
+    async fn fetch_optional<'q, 'c>(
         query: Q<'q, Self>,
-        on: A,
-    ) -> Result<Option<DB::Row>, sqlx::Error>
-    where
-        A: Acquire<'c, Database = Self> + Send,
-    {
+        on: impl On<'c, Self>,
+    ) -> Result<Option<DB::Row>, sqlx::Error> {
         let mut conn = on.acquire().await?;
         query.fetch_optional(&mut *conn).await
     }
@@ -153,34 +144,36 @@ where
 
 /// Running a query through [`Run`], binding through [`Bind`]: the shared code's stand-ins
 /// for sqlx's `bind`, `execute`, `fetch_all`, `fetch_optional` and `fetch_one`.
-pub(super) trait QueryExt<'q, DB: Run>: Sized {
+pub(super) trait QueryExt<'q, DB: Dialect>: Sized {
     fn arg<T>(self, value: T) -> Self
     where
         DB: Bind<'q, T>;
 
-    fn exec<'c, A>(self, on: A) -> impl Future<Output = Result<u64, sqlx::Error>> + Send
-    where
-        A: Acquire<'c, Database = DB> + Send;
+    /// Runs the statement; how many rows it changed.
+    fn exec<'c>(self, on: impl On<'c, DB>)
+    -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
-    fn all<'c, A>(self, on: A) -> impl Future<Output = Result<Vec<DB::Row>, sqlx::Error>> + Send
-    where
-        A: Acquire<'c, Database = DB> + Send;
+    fn all<'c>(
+        self,
+        on: impl On<'c, DB>,
+    ) -> impl Future<Output = Result<Vec<DB::Row>, sqlx::Error>> + Send;
 
-    fn opt<'c, A>(self, on: A) -> impl Future<Output = Result<Option<DB::Row>, sqlx::Error>> + Send
-    where
-        A: Acquire<'c, Database = DB> + Send;
+    fn opt<'c>(
+        self,
+        on: impl On<'c, DB>,
+    ) -> impl Future<Output = Result<Option<DB::Row>, sqlx::Error>> + Send;
 
     /// The one row the query returns; `RowNotFound` without one, as sqlx's `fetch_one`.
-    fn one<'c, A>(self, on: A) -> impl Future<Output = Result<DB::Row, sqlx::Error>> + Send
-    where
-        A: Acquire<'c, Database = DB> + Send,
-    {
+    fn one<'c>(
+        self,
+        on: impl On<'c, DB>,
+    ) -> impl Future<Output = Result<DB::Row, sqlx::Error>> + Send {
         let row = self.opt(on);
         async move { row.await?.ok_or(sqlx::Error::RowNotFound) }
     }
 }
 
-impl<'q, DB: Run> QueryExt<'q, DB> for Q<'q, DB> {
+impl<'q, DB: Dialect> QueryExt<'q, DB> for Q<'q, DB> {
     fn arg<T>(self, value: T) -> Self
     where
         DB: Bind<'q, T>,
@@ -188,24 +181,25 @@ impl<'q, DB: Run> QueryExt<'q, DB> for Q<'q, DB> {
         DB::bind(self, value)
     }
 
-    fn exec<'c, A>(self, on: A) -> impl Future<Output = Result<u64, sqlx::Error>> + Send
-    where
-        A: Acquire<'c, Database = DB> + Send,
-    {
-        DB::execute(self, on)
+    fn exec<'c>(
+        self,
+        on: impl On<'c, DB>,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send {
+        let result = DB::execute(self, on);
+        async move { Ok(DB::rows_affected(&result.await?)) }
     }
 
-    fn all<'c, A>(self, on: A) -> impl Future<Output = Result<Vec<DB::Row>, sqlx::Error>> + Send
-    where
-        A: Acquire<'c, Database = DB> + Send,
-    {
+    fn all<'c>(
+        self,
+        on: impl On<'c, DB>,
+    ) -> impl Future<Output = Result<Vec<DB::Row>, sqlx::Error>> + Send {
         DB::fetch_all(self, on)
     }
 
-    fn opt<'c, A>(self, on: A) -> impl Future<Output = Result<Option<DB::Row>, sqlx::Error>> + Send
-    where
-        A: Acquire<'c, Database = DB> + Send,
-    {
+    fn opt<'c>(
+        self,
+        on: impl On<'c, DB>,
+    ) -> impl Future<Output = Result<Option<DB::Row>, sqlx::Error>> + Send {
         DB::fetch_optional(self, on)
     }
 }
@@ -253,16 +247,40 @@ pub(super) trait Dialect:
     const INSTANCE_INFO: &'static str;
     /// The engine's embedded migrations.
     const MIGRATOR: &'static Migrator;
+
+    /// How many rows a statement changed (sqlx has no trait for it).
+    fn rows_affected(result: &Self::QueryResult) -> u64;
 }
 
-/// A backend: its pool, the audit keys it holds, and what it does on its own. Every
-/// storage trait is implemented once for all of them, in the file of its concern.
+/// What every backend holds: its pool and the audit chain's keys.
+pub(super) struct Core<DB: Database> {
+    pub(super) pool: Pool<DB>,
+    pub(super) audit: AuditKeyState,
+}
+
+impl<DB: Database> Core<DB> {
+    pub(super) fn new(pool: Pool<DB>) -> Self {
+        Self {
+            pool,
+            audit: AuditKeyState::default(),
+        }
+    }
+}
+
+/// A backend: its [`Core`] and what it does on its own. Every storage trait is
+/// implemented once for all of them, in the file of its concern.
 pub(super) trait SqlBackend: Send + Sync + 'static {
     type DB: Dialect;
 
-    fn pool(&self) -> &Pool<Self::DB>;
+    fn core(&self) -> &Core<Self::DB>;
 
-    fn audit(&self) -> &AuditKeyState;
+    fn pool(&self) -> &Pool<Self::DB> {
+        &self.core().pool
+    }
+
+    fn audit(&self) -> &AuditKeyState {
+        &self.core().audit
+    }
 
     /// Fails when the database this process uses is no longer the one configured; the
     /// readiness check asks before its query. Nothing to check by default.

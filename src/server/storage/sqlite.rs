@@ -1,8 +1,7 @@
 //! SQLite storage: the zero-configuration default, one file under the data directory.
 
 use super::StorageError;
-use super::audit::AuditKeyState;
-use super::sql::{Dialect, RowsAffected, SqlBackend};
+use super::sql::{Core, Dialect, SqlBackend};
 use crate::server::config::{Backend, DatabaseUrl};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -16,13 +15,12 @@ use std::time::Duration;
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 pub struct SqliteStorage {
-    pool: SqlitePool,
+    core: Core<sqlx::Sqlite>,
     file: PathBuf,
     /// Device and inode of the file when it was opened. Open connections keep working on
     /// a deleted or replaced file, so readiness compares these to notice that the
     /// database the service writes to is no longer the one at the configured path.
     identity: Option<(u64, u64)>,
-    audit: AuditKeyState,
 }
 
 impl SqliteStorage {
@@ -58,15 +56,14 @@ impl SqliteStorage {
         })?;
         let identity = file_identity(&file);
         Ok(Self {
-            pool,
+            core: Core::new(pool),
             file,
             identity,
-            audit: Default::default(),
         })
     }
 
     pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+        &self.core.pool
     }
 }
 
@@ -84,12 +81,8 @@ fn file_identity(_path: &std::path::Path) -> Option<(u64, u64)> {
 impl SqlBackend for SqliteStorage {
     type DB = sqlx::Sqlite;
 
-    fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    fn audit(&self) -> &AuditKeyState {
-        &self.audit
+    fn core(&self) -> &Core<sqlx::Sqlite> {
+        &self.core
     }
 
     fn check_identity(&self) -> Result<(), StorageError> {
@@ -116,10 +109,8 @@ impl Dialect for sqlx::Sqlite {
          (SELECT MAX(version) FROM _sqlx_migrations WHERE success) AS schema_version \
          FROM instance WHERE id = 1";
     const MIGRATOR: &'static Migrator = &MIGRATOR;
-}
 
-impl RowsAffected for SqliteQueryResult {
-    fn rows(&self) -> u64 {
-        self.rows_affected()
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
     }
 }
