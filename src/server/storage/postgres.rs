@@ -1,18 +1,17 @@
 //! PostgreSQL storage: for several instances behind a load balancer.
 
-use super::{InstanceInfo, StorageError};
+use super::StorageError;
+use super::sql::{Core, Dialect, SqlBackend};
 use crate::server::config::{Backend, DatabaseUrl};
-use sqlx::Row as _;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult};
 use std::str::FromStr as _;
 use std::time::Duration;
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 pub struct PostgresStorage {
-    pool: PgPool,
-    audit: super::AuditKeyState,
+    core: Core<sqlx::Postgres>,
 }
 
 impl PostgresStorage {
@@ -25,58 +24,27 @@ impl PostgresStorage {
             .connect_with(options)
             .await?;
         Ok(Self {
-            pool,
-            audit: Default::default(),
+            core: Core::new(pool),
         })
     }
 
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.core.pool
     }
 }
 
-// The head row is locked FOR UPDATE, serializing appenders; NOTIFY (delivered at
-// commit) tells the other instances to reload their keys.
-super::shared::storage_impl! {
-    PostgresStorage,
-    db = sqlx::Postgres,
-    begin = "BEGIN",
-    read_snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-    lock_head = "SELECT last_id, last_hash FROM audit_head WHERE id = 1 FOR UPDATE",
-    migrator = MIGRATOR,
-    migrations_exist = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL",
-    notify = "SELECT pg_notify('signet_keys', '')",
-    specific = {
-    fn backend(&self) -> Backend {
-        Backend::Postgres
-    }
+impl SqlBackend for PostgresStorage {
+    type DB = sqlx::Postgres;
 
-    async fn ping(&self) -> Result<(), StorageError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn instance_info(&self) -> Result<InstanceInfo, StorageError> {
-        let row = sqlx::query(
-            "SELECT installation_id, \
-             to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at, \
-             (SELECT MAX(version) FROM _sqlx_migrations WHERE success) AS schema_version \
-             FROM instance WHERE id = 1",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(InstanceInfo {
-            installation_id: row.get("installation_id"),
-            created_at: row.get("created_at"),
-            schema_version: row.get("schema_version"),
-        })
+    fn core(&self) -> &Core<sqlx::Postgres> {
+        &self.core
     }
 
     async fn listen_key_changes(
         &self,
         changed: tokio::sync::mpsc::Sender<()>,
     ) -> Result<(), StorageError> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.core.pool).await?;
         listener.listen("signet_keys").await?;
         loop {
             // `recv` reconnects by itself after a dropped connection.
@@ -86,9 +54,25 @@ super::shared::storage_impl! {
             }
         }
     }
+}
 
-    async fn close(&self) {
-        self.pool.close().await;
-    }
+impl Dialect for sqlx::Postgres {
+    const BACKEND: Backend = Backend::Postgres;
+    const BEGIN: &'static str = "BEGIN";
+    const READ_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    // The head row is locked FOR UPDATE, serializing appenders.
+    const LOCK_HEAD: &'static str =
+        "SELECT last_id, last_hash FROM audit_head WHERE id = 1 FOR UPDATE";
+    const MIGRATIONS_EXIST: &'static str = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL";
+    // Delivered at commit: tells the other instances to reload their keys.
+    const NOTIFY: Option<&'static str> = Some("SELECT pg_notify('signet_keys', '')");
+    const INSTANCE_INFO: &'static str = "SELECT installation_id, \
+         to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at, \
+         (SELECT MAX(version) FROM _sqlx_migrations WHERE success) AS schema_version \
+         FROM instance WHERE id = 1";
+    const MIGRATOR: &'static Migrator = &MIGRATOR;
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
     }
 }

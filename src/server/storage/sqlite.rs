@@ -1,11 +1,12 @@
 //! SQLite storage: the zero-configuration default, one file under the data directory.
 
-use super::{InstanceInfo, StorageError};
+use super::StorageError;
+use super::sql::{Core, Dialect, SqlBackend};
 use crate::server::config::{Backend, DatabaseUrl};
-use sqlx::Row as _;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
+    SqliteSynchronous,
 };
 use std::path::PathBuf;
 use std::str::FromStr as _;
@@ -14,13 +15,12 @@ use std::time::Duration;
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 pub struct SqliteStorage {
-    pool: SqlitePool,
+    core: Core<sqlx::Sqlite>,
     file: PathBuf,
     /// Device and inode of the file when it was opened. Open connections keep working on
     /// a deleted or replaced file, so readiness compares these to notice that the
     /// database the service writes to is no longer the one at the configured path.
     identity: Option<(u64, u64)>,
-    audit: super::AuditKeyState,
 }
 
 impl SqliteStorage {
@@ -56,15 +56,14 @@ impl SqliteStorage {
         })?;
         let identity = file_identity(&file);
         Ok(Self {
-            pool,
+            core: Core::new(pool),
             file,
             identity,
-            audit: Default::default(),
         })
     }
 
     pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+        &self.core.pool
     }
 }
 
@@ -79,47 +78,39 @@ fn file_identity(_path: &std::path::Path) -> Option<(u64, u64)> {
     None
 }
 
-// BEGIN IMMEDIATE takes the write lock up front: two processes on one file then
-// queue on busy_timeout instead of failing when a read lock cannot be upgraded.
-super::shared::storage_impl! {
-    SqliteStorage,
-    db = sqlx::Sqlite,
-    begin = "BEGIN IMMEDIATE",
-    read_snapshot = "BEGIN",
-    lock_head = "SELECT last_id, last_hash FROM audit_head WHERE id = 1",
-    migrator = MIGRATOR,
-    migrations_exist = "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
-    notify = "",
-    specific = {
-    fn backend(&self) -> Backend {
-        Backend::Sqlite
+impl SqlBackend for SqliteStorage {
+    type DB = sqlx::Sqlite;
+
+    fn core(&self) -> &Core<sqlx::Sqlite> {
+        &self.core
     }
 
-    async fn ping(&self) -> Result<(), StorageError> {
+    fn check_identity(&self) -> Result<(), StorageError> {
         if self.identity.is_some() && file_identity(&self.file) != self.identity {
             return Err(StorageError::FileReplaced(self.file.clone()));
         }
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
 
-    async fn instance_info(&self) -> Result<InstanceInfo, StorageError> {
-        let row = sqlx::query(
-            "SELECT installation_id, created_at, \
-             (SELECT MAX(version) FROM _sqlx_migrations WHERE success) AS schema_version \
-             FROM instance WHERE id = 1",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(InstanceInfo {
-            installation_id: row.get("installation_id"),
-            created_at: row.get("created_at"),
-            schema_version: row.get("schema_version"),
-        })
-    }
+impl Dialect for sqlx::Sqlite {
+    const BACKEND: Backend = Backend::Sqlite;
+    // BEGIN IMMEDIATE takes the write lock up front: two processes on one file then
+    // queue on busy_timeout instead of failing when a read lock cannot be upgraded.
+    const BEGIN: &'static str = "BEGIN IMMEDIATE";
+    const READ_SNAPSHOT: &'static str = "BEGIN";
+    // Every writer holds the file's write lock (BEGIN IMMEDIATE), which serializes
+    // appenders already.
+    const LOCK_HEAD: &'static str = "SELECT last_id, last_hash FROM audit_head WHERE id = 1";
+    const MIGRATIONS_EXIST: &'static str = "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+         WHERE type = 'table' AND name = '_sqlx_migrations')";
+    const NOTIFY: Option<&'static str> = None;
+    const INSTANCE_INFO: &'static str = "SELECT installation_id, created_at, \
+         (SELECT MAX(version) FROM _sqlx_migrations WHERE success) AS schema_version \
+         FROM instance WHERE id = 1";
+    const MIGRATOR: &'static Migrator = &MIGRATOR;
 
-    async fn close(&self) {
-        self.pool.close().await;
-    }
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
     }
 }
