@@ -4,9 +4,10 @@
 use super::StorageError;
 use super::error::corrupt;
 use super::sql::{Col as _, Dialect, QueryExt as _, SqlBackend, Tx, begin, read_snapshot};
-use crate::domain::audit::{Level, Trigger, kind};
+use crate::domain::audit::{Level, kind};
 use crate::server::audit::{
-    self as chain, AuditKeys, AuditLog, Macs, NewEvent, StoredEvent, check_links, pruned_start,
+    self as chain, Actor, AuditKeys, AuditLog, Macs, NewEvent, StoredEvent, check_links,
+    pruned_start,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -282,21 +283,14 @@ async fn key_chain_tx<DB: Dialect>(
         keyed += 1;
     }
     let kek_id = keys.active_id().to_string();
-    let event = NewEvent {
-        level: Level::Notice,
-        kind: kind::AUDIT_KEYED,
-        actor: "system".into(),
-        trigger: Trigger::Scheduler,
-        source: None,
-        kids: Vec::new(),
-        reason: None,
-        details: serde_json::json!({
+    let event = NewEvent::new(Level::Notice, kind::AUDIT_KEYED, &Actor::system()).details(
+        serde_json::json!({
             "events": keyed,
             "first_id": events.first().map(|e| e.id),
             "last_id": last_id,
             "kek": kek_id,
         }),
-    };
+    );
     append_keyed_tx(tx, keys, &event, chain::now()).await?;
     tracing::warn!(
         events = keyed,
