@@ -2,8 +2,7 @@
 //! events" asks for ids below the last one shown, so every page costs the same however
 //! deep), a live tail over server-sent events, and CSV/JSON export of the filtered view.
 
-use super::components::failure;
-use super::guard::describe;
+use super::components::{error_note, failure};
 use super::hydrated;
 use super::wire::{EventFilterView, EventPage, EventView};
 use crate::domain::audit::{Level, kind};
@@ -169,7 +168,7 @@ pub fn EventsPage() -> impl IntoView {
                                 </tbody>
                             }.into_any(),
                             Err(e) => view! {
-                                <tbody><tr><td colspan="7"><p class="error" role="alert">{describe(&e)}</p></td></tr></tbody>
+                                <tbody><tr><td colspan="7">{error_note(&e)}</td></tr></tbody>
                             }.into_any(),
                         }
                     })}

@@ -71,8 +71,8 @@ mod server {
     pub fn internal<E: Classify>(e: E) -> ServerFnError {
         match e.refusal() {
             Some(r) => {
-                if let Refusal::Unavailable(_) = r {
-                    tracing::warn!(error = %e, "server function: unavailable");
+                if r.is_database_outage() {
+                    tracing::warn!(error = %e, "server function: database unavailable");
                 }
                 refusal(r)
             }
@@ -104,14 +104,7 @@ mod server {
         refuse(status, capitalize(&d.to_string()))
     }
 
-    fn capitalize(s: &str) -> String {
-        let mut c = s.chars();
-        c.next()
-            .map(|f| f.to_uppercase().chain(c).collect())
-            .unwrap_or_default()
-    }
-
-    pub use crate::domain::text::sentence;
+    pub use crate::domain::text::{capitalize, sentence};
 
     /// The request's parts, session and source address.
     pub fn request() -> Result<(AppState, Parts, Session, Option<String>), ServerFnError> {

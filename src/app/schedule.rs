@@ -5,7 +5,6 @@
 //! both sides always agree on what is valid.
 
 use super::components::error_note;
-use super::guard::describe;
 use super::wire::{SchedulePreview, ScheduleView};
 use super::{can_change, hydrated};
 use crate::domain::{CronSchedule, Retention};
@@ -70,26 +69,17 @@ pub async fn save_schedule(
     expression: String,
     retention: String,
 ) -> Result<ScheduleView, ServerFnError> {
-    use super::guard::{Access, internal, refuse, require};
-    use crate::server::keys::ScheduleError;
-    use axum::http::StatusCode;
+    use super::guard::{Access, internal, require};
     let caller = require(crate::domain::Role::Admin, Access::Change).await?;
     let retention = retention.trim();
     let retention = (!retention.is_empty()).then_some(retention);
-    match caller
+    let schedule = caller
         .state
         .keys
         .set_schedule(&expression, retention, &caller.actor())
         .await
-    {
-        Ok(s) => view_of(&caller.state, &s).await,
-        Err(
-            e @ (ScheduleError::Cron(_)
-            | ScheduleError::Retention(_)
-            | ScheduleError::TooShort { .. }),
-        ) => Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
-        Err(e) => Err(internal(e)),
-    }
+        .map_err(internal)?;
+    view_of(&caller.state, &schedule).await
 }
 
 /// What is wrong with a proposed schedule, checked in the browser as the admin types.
@@ -249,9 +239,7 @@ fn EditForm(current: ScheduleView, save: ServerAction<SaveSchedule>) -> impl Int
                     Some(Ok(Err(reason))) => view! {
                         <p class="error" role="alert">{reason}</p>
                     }.into_any(),
-                    Some(Err(e)) => view! {
-                        <p class="error" role="alert">{describe(&e)}</p>
-                    }.into_any(),
+                    Some(Err(e)) => error_note(&e),
                 }}
             </div>
             <div id="save-result" role="status" aria-live="polite">

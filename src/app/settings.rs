@@ -37,24 +37,6 @@ pub async fn list_admins() -> Result<Vec<AdminView>, ServerFnError> {
         .collect())
 }
 
-#[cfg(feature = "ssr")]
-fn auth_error(e: crate::server::accounts::admins::AuthError) -> ServerFnError {
-    use super::guard::{internal, refuse};
-    use crate::server::accounts::admins::AuthError;
-    use axum::http::StatusCode;
-    match e {
-        AuthError::Exists(_) => refuse(StatusCode::CONFLICT, e.to_string()),
-        AuthError::NoSuchAdmin(_) => refuse(StatusCode::NOT_FOUND, e.to_string()),
-        AuthError::Email(_) | AuthError::Password(_) => {
-            refuse(StatusCode::BAD_REQUEST, e.to_string())
-        }
-        AuthError::DisableSelf | AuthError::LastAdmin => {
-            refuse(StatusCode::CONFLICT, e.to_string())
-        }
-        other => internal(other),
-    }
-}
-
 /// Creates an admin with a one-time password, returned once.
 #[server(prefix = "/ui", endpoint = "create_admin")]
 pub async fn create_admin(email: String, role: String) -> Result<Secret, ServerFnError> {
@@ -71,7 +53,7 @@ pub async fn create_admin(email: String, role: String) -> Result<Secret, ServerF
         &caller.actor(),
     )
     .await
-    .map_err(auth_error)?;
+    .map_err(super::guard::internal)?;
     Ok(Secret {
         label: format!(
             "One-time password for {} (it expires in 24 hours; they choose their own at \
@@ -95,7 +77,7 @@ pub async fn set_admin_disabled(id: String, disabled: bool) -> Result<(), Server
         caller.source.clone(),
     )
     .await
-    .map_err(auth_error)?;
+    .map_err(super::guard::internal)?;
     Ok(())
 }
 
@@ -124,31 +106,20 @@ pub async fn list_tokens() -> Result<Vec<TokenView>, ServerFnError> {
 /// Creates an API token; its secret is returned once.
 #[server(prefix = "/ui", endpoint = "create_token")]
 pub async fn create_token(name: String, scopes: Vec<String>) -> Result<Secret, ServerFnError> {
-    use super::guard::{Access, internal, refuse, require};
-    use crate::server::accounts::tokens::{self, TokenError};
-    use axum::http::StatusCode;
+    use super::guard::{Access, internal, require};
+    use crate::server::accounts::tokens;
     let caller = require(crate::domain::Role::Admin, Access::Change).await?;
-    match tokens::create(
-        caller.state.storage.as_ref(),
-        name.trim(),
-        &scopes,
-        &caller.actor(),
-    )
-    .await
-    {
-        Ok(secret) => Ok(Secret {
-            label: format!(
-                "API token {} (copy it now: it is not shown again)",
-                name.trim()
-            ),
-            secret,
-        }),
-        Err(e @ (TokenError::UnknownScope(_) | TokenError::NoScope | TokenError::BadName)) => {
-            Err(refuse(StatusCode::BAD_REQUEST, e.to_string()))
-        }
-        Err(e @ TokenError::Exists(_)) => Err(refuse(StatusCode::CONFLICT, e.to_string())),
-        Err(e) => Err(internal(e)),
-    }
+    let storage = caller.state.storage.as_ref();
+    let secret = tokens::create(storage, name.trim(), &scopes, &caller.actor())
+        .await
+        .map_err(internal)?;
+    Ok(Secret {
+        label: format!(
+            "API token {} (copy it now: it is not shown again)",
+            name.trim()
+        ),
+        secret,
+    })
 }
 
 #[server(prefix = "/ui", endpoint = "revoke_token")]

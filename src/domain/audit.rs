@@ -126,15 +126,6 @@ impl EventFilter {
             until: time(until)?,
         })
     }
-
-    /// Whether an event with these fields passes.
-    pub fn matches(&self, level: &str, kind: &str, actor: &str, at: DateTime<Utc>) -> bool {
-        self.level.is_none_or(|l| l.as_str() == level)
-            && self.kind.as_ref().is_none_or(|k| k.as_str() == kind)
-            && self.actor.as_ref().is_none_or(|a| a.as_str() == actor)
-            && self.since.is_none_or(|t| at >= t)
-            && self.until.is_none_or(|t| at < t)
-    }
 }
 
 /// Event kinds written by the key lifecycle.

@@ -123,7 +123,8 @@ pub struct KeyInfo {
 
 impl KeyInfo {
     /// The order keys are listed in everywhere (the JWKS, the JWKS page): by algorithm,
-    /// then the active key, the next key, and the others newest first.
+    /// then the active key, the next key, and the others by when they left service
+    /// (rotated or revoked), newest first.
     pub fn listing_order(&self) -> impl Ord + use<> {
         let rank = match self.state {
             KeyState::Active => 0,
@@ -133,7 +134,7 @@ impl KeyInfo {
         (
             self.alg,
             rank,
-            std::cmp::Reverse(self.rotated_at),
+            std::cmp::Reverse(self.rotated_at.or(self.revoked_at)),
             std::cmp::Reverse(self.created_at),
         )
     }

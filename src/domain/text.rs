@@ -26,14 +26,17 @@ impl fmt::Display for TextError {
 
 impl std::error::Error for TextError {}
 
+/// A message with its first letter in upper case.
+pub fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
 /// A message as a sentence for a page: capitalized, with a full stop.
 pub fn sentence(s: &str) -> String {
-    let mut c = s.chars();
-    let capitalized: String = c
-        .next()
-        .map(|f| f.to_uppercase().chain(c).collect())
-        .unwrap_or_default();
-    format!("{capitalized}.")
+    format!("{}.", capitalize(s))
 }
 
 /// Checks `text` (no control characters anywhere, not even a trailing newline) and trims

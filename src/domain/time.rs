@@ -8,7 +8,7 @@ pub fn format_utc(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-/// The same to the minute, where space is short (the CLI's key table, the timeline).
+/// The same to the minute, where space is short (the JWKS page's timeline).
 pub fn format_utc_minutes(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()
 }

@@ -1,5 +1,5 @@
-//! How a failed operation is answered: one classification that the REST API, the UI's
-//! server functions and the CLI share, so an error gets the same status everywhere.
+//! How a failed operation is answered: one classification that the REST API and the UI's
+//! server functions share, so an error gets the same status in both.
 //!
 //! A service error either is a [`Refusal`] (the caller asked for something that cannot be
 //! done, or the database is away for now), which the caller is told, or an internal fault
@@ -19,6 +19,8 @@ use axum::http::StatusCode;
 pub enum Refusal {
     /// 400: the request names something invalid.
     Invalid(&'static str, String),
+    /// 401: the credentials are wrong (or no longer work).
+    Unauthorized(String),
     /// 404
     NotFound(String),
     /// 409: the request conflicts with what is stored.
@@ -33,6 +35,7 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::Invalid(..) => StatusCode::BAD_REQUEST,
+            Refusal::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Refusal::NotFound(_) => StatusCode::NOT_FOUND,
             Refusal::Conflict(_) => StatusCode::CONFLICT,
             Refusal::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -40,9 +43,16 @@ impl Refusal {
         }
     }
 
+    /// Whether this is the database being away (logged as a warning by whoever answers;
+    /// other refusals are the caller's business and are not logged).
+    pub fn is_database_outage(&self) -> bool {
+        matches!(self, Refusal::Unavailable(m) if m == UNAVAILABLE_MESSAGE)
+    }
+
     pub fn message(&self) -> &str {
         match self {
             Refusal::Invalid(_, m)
+            | Refusal::Unauthorized(m)
             | Refusal::NotFound(m)
             | Refusal::Conflict(m)
             | Refusal::Throttled(m)
@@ -90,15 +100,26 @@ impl Classify for ScheduleError {
                 Some(Refusal::Invalid("invalid_retention", self.to_string()))
             }
             ScheduleError::Storage(e) => e.refusal(),
+            ScheduleError::Stored(_) => None,
         }
     }
 }
 
 impl Classify for AuthError {
     fn refusal(&self) -> Option<Refusal> {
+        let m = self.to_string();
         match self {
+            AuthError::Refused | AuthError::Expired(_) => Some(Refusal::Unauthorized(m)),
+            AuthError::Throttled(_) => Some(Refusal::Throttled(m)),
+            AuthError::Email(_) | AuthError::Password(_) | AuthError::WrongPassword => {
+                Some(Refusal::Invalid("invalid_body", m))
+            }
+            AuthError::NoSuchAdmin(_) => Some(Refusal::NotFound(m)),
+            AuthError::Exists(_) | AuthError::DisableSelf | AuthError::LastAdmin => {
+                Some(Refusal::Conflict(m))
+            }
             AuthError::Storage(e) => e.refusal(),
-            _ => None,
+            AuthError::Hash(_) => None,
         }
     }
 }

@@ -26,22 +26,76 @@ fn layer(module: &str) -> usize {
         .unwrap_or_else(|| panic!("server::{module} is in no layer of server/mod.rs"))
 }
 
-/// The server modules a file names, without its comments.
-fn named(source: &str) -> BTreeSet<String> {
-    let code: String = source
+/// What `server/mod.rs` re-exports, by the module it comes from.
+fn reexported_from(name: &str) -> Option<&'static str> {
+    match name {
+        "AppState" => Some("state"),
+        "Config" => Some("config"),
+        "Application" | "ServeOptions" => Some("startup"),
+        _ => None,
+    }
+}
+
+/// A file without its comments (whole-line ones, and ` // ...` after code; a `//` inside
+/// a string such as `"http://"` stays).
+fn code_of(source: &str) -> String {
+    source
         .lines()
-        .map(|l| l.split("//").next().unwrap_or(""))
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .map(|l| l.split(" //").next().unwrap_or(""))
         .collect::<Vec<_>>()
-        .join("\n");
-    code.match_indices("crate::server::")
-        .map(|(i, m)| {
-            code[i + m.len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                .collect::<String>()
-        })
-        .filter(|m| !m.is_empty())
-        .collect()
+        .join("\n")
+}
+
+/// The server modules named after each `prefix` in `code` (`crate::server::`, or the
+/// `super::` of a file directly in `server/`): `prefix::a::..`, `prefix::{a, b::c}`, and
+/// the names `server/mod.rs` re-exports.
+fn names_after(code: &str, prefix: &str) -> BTreeSet<String> {
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut names = BTreeSet::new();
+    for (i, m) in code.match_indices(prefix) {
+        // `super::super::x` is not this file's `super::x`.
+        if prefix == "super::" && code[..i].ends_with("super::") {
+            continue;
+        }
+        let rest = &code[i + m.len()..];
+        let items: Vec<String> = match rest.strip_prefix('{') {
+            Some(group) => group
+                .split('}')
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .map(ident)
+                .collect(),
+            None => vec![ident(rest)],
+        };
+        for item in items.into_iter().filter(|i| !i.is_empty()) {
+            match reexported_from(&item) {
+                Some(module) => names.insert(module.to_string()),
+                None if item.starts_with(|c: char| c.is_ascii_lowercase()) => names.insert(item),
+                None => false,
+            };
+        }
+    }
+    names.remove("self");
+    names.remove("super");
+    names
+}
+
+/// The server modules a file names. `top_level`: the file sits directly in `server/`,
+/// so its `super::` is `crate::server::`.
+fn named(source: &str, top_level: bool) -> BTreeSet<String> {
+    let code = code_of(source);
+    let mut names = names_after(&code, "crate::server::");
+    if top_level {
+        names.extend(names_after(&code, "super::"));
+    }
+    names
 }
 
 /// Each top-level module of `server/` and the other server modules it names.
@@ -67,7 +121,8 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
             if top == "mod" {
                 continue;
             }
-            let mut deps = named(&std::fs::read_to_string(&path).unwrap());
+            let top_level = rel.components().count() == 1;
+            let mut deps = named(&std::fs::read_to_string(&path).unwrap(), top_level);
             deps.remove(&top);
             graph.entry(top).or_default().extend(deps);
         }
@@ -112,9 +167,22 @@ fn no_module_depends_on_itself_through_others() {
 }
 
 #[test]
-fn a_module_naming_one_above_is_found() {
-    let names = named("use crate::server::http::api; // crate::server::cli\nfn f() {}");
-    assert_eq!(names, BTreeSet::from(["http".to_string()]));
+fn every_way_of_naming_a_module_is_found() {
+    let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+    let source = "use crate::server::http::api; // crate::server::cli\n\
+                  // use crate::server::scheduler;\n\
+                  use crate::server::{audit, keys::KeyService, self};\n\
+                  fn f(s: crate::server::AppState) { let _ = \"http://x\"; }\n\
+                  use super::files;\n\
+                  use super::super::telemetry;";
+    assert_eq!(
+        named(source, false),
+        set(&["audit", "http", "keys", "state"])
+    );
+    assert_eq!(
+        named(source, true),
+        set(&["audit", "files", "http", "keys", "state"])
+    );
     assert!(layer("http") < layer("keys"));
 }
 

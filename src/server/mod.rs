@@ -31,7 +31,7 @@ pub mod cli;
 pub mod config;
 /// Key pairs, sealing under KEKs, the KEKs, PEM.
 pub mod crypto;
-/// How failures are answered, the same for the API, the UI and the CLI.
+/// How failures are answered, the same for the API and the UI.
 pub mod error;
 /// Reading the audit log: filters, pages, the live tail.
 pub mod events;

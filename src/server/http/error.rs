@@ -39,15 +39,20 @@ pub enum ApiError {
 pub struct InternalCause(Arc<dyn std::error::Error + Send + Sync>);
 
 impl std::fmt::Display for InternalCause {
-    /// The error and each of its sources: `a: b: c`.
+    /// The error and each of its sources, `a: b: c`, leaving out a source whose text the
+    /// line already holds (wrappers that print their cause would repeat it).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut line = self.0.to_string();
         let mut source = self.0.source();
         while let Some(e) = source {
-            write!(f, ": {e}")?;
+            let text = e.to_string();
+            if !line.contains(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
             source = e.source();
         }
-        Ok(())
+        f.write_str(&line)
     }
 }
 
@@ -55,6 +60,7 @@ impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
         match r {
             Refusal::Invalid(code, m) => ApiError::BadRequest(code, m),
+            Refusal::Unauthorized(_) => ApiError::Unauthorized,
             Refusal::NotFound(m) => ApiError::NotFound(m),
             Refusal::Conflict(m) => ApiError::Conflict(m),
             Refusal::Throttled(m) => ApiError::TooManyRequests(m),
@@ -67,8 +73,8 @@ impl<E: Classify> From<E> for ApiError {
     fn from(e: E) -> Self {
         match e.refusal() {
             Some(r) => {
-                if let Refusal::Unavailable(_) = r {
-                    tracing::warn!(error = %e, "API request: unavailable");
+                if r.is_database_outage() {
+                    tracing::warn!(error = %e, "API request: database unavailable");
                 }
                 r.into()
             }

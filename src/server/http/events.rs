@@ -21,7 +21,7 @@ use serde::Deserialize;
 use std::time::Duration;
 use tower_sessions::Session;
 
-/// The UI's audit routes (the session layer wraps them in `startup`).
+/// The UI's audit routes (the session layer wraps them in `http::router`).
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/events/stream", get(stream_events))

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use tower_sessions::Session;
 
-/// The UI's own routes (the session layer wraps them in `startup`).
+/// The UI's own routes (the session layer wraps them in `http::router`).
 pub fn router() -> Router<AppState> {
     Router::new().route("/config/jwks/{kid}/public.pem", get(download_pem))
 }
@@ -127,7 +127,12 @@ fn unavailable() -> Response {
 /// a logged internal error.
 fn failed(e: impl Classify) -> Response {
     match e.refusal() {
-        Some(r) => (r.status(), sentence(r.message())).into_response(),
+        Some(r) => {
+            if r.is_database_outage() {
+                tracing::warn!(error = %e, "UI request: database unavailable");
+            }
+            (r.status(), sentence(r.message())).into_response()
+        }
         None => {
             tracing::error!(error = %e, "UI request failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "Internal error.").into_response()

@@ -24,7 +24,8 @@ impl Schedule {
     /// scheduler reports.
     pub fn from_row(row: &ScheduleRow) -> Result<Self, ScheduleError> {
         Ok(Self {
-            cron: CronSchedule::parse_stored(&row.cron)?,
+            cron: CronSchedule::parse_stored(&row.cron)
+                .map_err(|e| ScheduleError::Stored(e.to_string()))?,
             retention: Retention::from_secs(u64::try_from(row.retention_secs).unwrap_or(0)),
             updated_at: Some(row.updated_at),
             cron_since: Some(row.cron_since),
@@ -43,6 +44,9 @@ pub enum ScheduleError {
         retention: Retention,
         max_ttl: Retention,
     },
+    /// The stored schedule no longer parses: a fault of the stored data, not of a request.
+    #[error("the stored schedule is damaged: {0}")]
+    Stored(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }

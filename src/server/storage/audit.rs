@@ -11,8 +11,7 @@ use crate::server::audit::{
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 #[async_trait]
 pub trait AuditStore: Send + Sync {
@@ -50,24 +49,6 @@ pub trait AuditStore: Send + Sync {
     /// nothing to key; `Corrupt` (nothing written) when the chain is broken, which is
     /// never blessed with MACs. Writers do this by themselves before their first event.
     async fn key_audit_chain(&self) -> Result<Option<KeyedChain>, StorageError>;
-}
-
-/// What a backend keeps to key the audit chain: the MAC keys (once the KEK is loaded)
-/// and whether this process has already looked for old events to key.
-#[derive(Debug, Default)]
-pub struct AuditKeyState {
-    keys: std::sync::RwLock<Option<Arc<AuditKeys>>>,
-    looked: AtomicBool,
-}
-
-impl AuditKeyState {
-    fn set(&self, keys: AuditKeys) {
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(keys));
-    }
-
-    fn get(&self) -> Option<Arc<AuditKeys>> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
 }
 
 /// What keying the pre-existing audit chain did.

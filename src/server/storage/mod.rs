@@ -26,13 +26,14 @@ use crate::server::config::{Backend, DatabaseUrl};
 use std::sync::Arc;
 
 pub use admins::{AdminChange, AdminRow, AdminStore};
-pub use audit::{AuditKeyState, AuditStore, EventQuery, KeyedChain, PrunedEvents};
+pub use audit::{AuditStore, EventQuery, KeyedChain, PrunedEvents};
 pub use error::{StorageError, UNAVAILABLE_MESSAGE};
 pub use keys::{KeyChange, KeyStore, NewKey, Resealed, StoredKey};
 pub use lifecycle::{InstanceInfo, Lifecycle, PendingMigration};
 pub use postgres::PostgresStorage;
 pub use schedule::{ScheduleRow, ScheduleStore, SlotClaim};
 pub use sessions::SessionStore;
+pub use sql::AuditKeyState;
 pub use sqlite::SqliteStorage;
 pub use tokens::{ApiTokenRow, TokenStore};
 

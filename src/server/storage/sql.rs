@@ -27,7 +27,7 @@
 //! sorts before any digit.
 
 use super::StorageError;
-use super::audit::AuditKeyState;
+use crate::server::audit::AuditKeys;
 use crate::server::config::Backend;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::{Migrate, MigrateError, Migrator};
@@ -250,6 +250,25 @@ pub(super) trait Dialect:
 
     /// How many rows a statement changed (sqlx has no trait for it).
     fn rows_affected(result: &Self::QueryResult) -> u64;
+}
+
+/// What a backend keeps to key the audit chain (here, below `audit.rs`, because every
+/// backend's [`Core`] holds it): the MAC keys (once the KEK is loaded)
+/// and whether this process has already looked for old events to key.
+#[derive(Debug, Default)]
+pub struct AuditKeyState {
+    keys: std::sync::RwLock<Option<std::sync::Arc<AuditKeys>>>,
+    pub(super) looked: std::sync::atomic::AtomicBool,
+}
+
+impl AuditKeyState {
+    pub(super) fn set(&self, keys: AuditKeys) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(std::sync::Arc::new(keys));
+    }
+
+    pub(super) fn get(&self) -> Option<std::sync::Arc<AuditKeys>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// What every backend holds: its pool and the audit chain's keys.
