@@ -15,26 +15,12 @@ pub const SCOPES: [(&str, &str); 4] = [
     ("sign", "sign and verify tokens"),
 ];
 
-#[cfg(feature = "ssr")]
-use crate::domain::time::format_utc as time;
-
 #[server(prefix = "/ui", endpoint = "list_admins")]
 pub async fn list_admins() -> Result<Vec<AdminView>, ServerFnError> {
     use super::guard::{Access, internal, require};
     let caller = require(crate::domain::Role::Viewer, Access::Read).await?;
     let admins = caller.state.storage.list_admins().await.map_err(internal)?;
-    Ok(admins
-        .into_iter()
-        .map(|a| AdminView {
-            id: a.id,
-            email: a.email.to_string(),
-            role: a.role,
-            created_at: time(a.created_at),
-            last_login_at: a.last_login_at.map(time),
-            disabled: a.disabled_at.is_some(),
-            must_change_password: a.must_change_password,
-        })
-        .collect())
+    Ok(admins.into_iter().map(AdminView::from).collect())
 }
 
 /// Creates an admin with a one-time password, returned once.
@@ -91,16 +77,7 @@ pub async fn list_tokens() -> Result<Vec<TokenView>, ServerFnError> {
         .list_api_tokens()
         .await
         .map_err(internal)?;
-    Ok(tokens
-        .into_iter()
-        .map(|t| TokenView {
-            id: t.id,
-            name: t.name,
-            scopes: t.scopes,
-            created_at: time(t.created_at),
-            revoked_at: t.revoked_at.map(time),
-        })
-        .collect())
+    Ok(tokens.into_iter().map(TokenView::from).collect())
 }
 
 /// Creates an API token; its secret is returned once.

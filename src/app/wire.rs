@@ -180,6 +180,36 @@ pub struct TokenView {
     pub revoked_at: Option<String>,
 }
 
+#[cfg(feature = "ssr")]
+impl From<crate::server::storage::AdminRow> for AdminView {
+    fn from(a: crate::server::storage::AdminRow) -> Self {
+        use crate::domain::time::format_utc;
+        AdminView {
+            id: a.id,
+            email: a.email.to_string(),
+            role: a.role,
+            created_at: format_utc(a.created_at),
+            last_login_at: a.last_login_at.map(format_utc),
+            disabled: a.disabled_at.is_some(),
+            must_change_password: a.must_change_password,
+        }
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl From<crate::server::storage::ApiTokenRow> for TokenView {
+    fn from(t: crate::server::storage::ApiTokenRow) -> Self {
+        use crate::domain::time::format_utc;
+        TokenView {
+            id: t.id,
+            name: t.name,
+            scopes: t.scopes,
+            created_at: format_utc(t.created_at),
+            revoked_at: t.revoked_at.map(format_utc),
+        }
+    }
+}
+
 /// A secret shown once: a new admin's one-time password or a new API token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Secret {
