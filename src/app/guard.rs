@@ -69,13 +69,8 @@ mod server {
     /// reported without it. A database that cannot be reached is an outage (503), not a
     /// fault.
     pub fn internal<E: Classify>(e: E) -> ServerFnError {
-        match e.refusal() {
-            Some(r) => {
-                if r.is_database_outage() {
-                    tracing::warn!(error = %e, "server function: database unavailable");
-                }
-                refusal(r)
-            }
+        match e.answer("server function") {
+            Some(r) => refusal(r),
             None => fault(e),
         }
     }

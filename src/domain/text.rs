@@ -85,12 +85,6 @@ impl Reason {
     }
 }
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// A search term of the audit log (event kind, actor): at most [`FilterText::MAX`]
 /// characters of plain text; blank means "any".
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,12 +43,6 @@ impl Refusal {
         }
     }
 
-    /// Whether this is the database being away (logged as a warning by whoever answers;
-    /// other refusals are the caller's business and are not logged).
-    pub fn is_database_outage(&self) -> bool {
-        matches!(self, Refusal::Unavailable(m) if m == UNAVAILABLE_MESSAGE)
-    }
-
     pub fn message(&self) -> &str {
         match self {
             Refusal::Invalid(_, m)
@@ -65,6 +59,17 @@ impl Refusal {
 pub trait Classify: std::error::Error + Send + Sync + 'static {
     /// The refusal to answer with, or `None` for an internal fault.
     fn refusal(&self) -> Option<Refusal>;
+
+    /// [`Classify::refusal`] for whoever answers (`via`: "API", "UI"): a database outage
+    /// is logged here as a warning with its cause, which the caller is not shown; other
+    /// refusals are the caller's business and are not logged.
+    fn answer(&self, via: &'static str) -> Option<Refusal> {
+        let refusal = self.refusal();
+        if matches!(&refusal, Some(Refusal::Unavailable(m)) if m == UNAVAILABLE_MESSAGE) {
+            tracing::warn!(error = %self, via, "database unavailable");
+        }
+        refusal
+    }
 }
 
 impl Classify for StorageError {

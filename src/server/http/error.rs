@@ -71,13 +71,8 @@ impl From<Refusal> for ApiError {
 
 impl<E: Classify> From<E> for ApiError {
     fn from(e: E) -> Self {
-        match e.refusal() {
-            Some(r) => {
-                if r.is_database_outage() {
-                    tracing::warn!(error = %e, "API request: database unavailable");
-                }
-                r.into()
-            }
+        match e.answer("API") {
+            Some(r) => r.into(),
             None => ApiError::Internal(Box::new(e)),
         }
     }

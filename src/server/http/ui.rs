@@ -126,13 +126,8 @@ fn unavailable() -> Response {
 /// A failed service call on the UI's plain routes: the refusal's status and sentence, or
 /// a logged internal error.
 fn failed(e: impl Classify) -> Response {
-    match e.refusal() {
-        Some(r) => {
-            if r.is_database_outage() {
-                tracing::warn!(error = %e, "UI request: database unavailable");
-            }
-            (r.status(), sentence(r.message())).into_response()
-        }
+    match e.answer("UI") {
+        Some(r) => (r.status(), sentence(r.message())).into_response(),
         None => {
             tracing::error!(error = %e, "UI request failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "Internal error.").into_response()
