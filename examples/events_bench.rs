@@ -123,6 +123,57 @@ async fn run(label: &str, storage: &dyn Storage) {
         }),
     )
     .await;
+    // The second page of that day: a keyset cursor in (at, id), from the id of the
+    // 51st event of the first page.
+    let first = storage
+        .list_events(&page(EventQuery {
+            since: Some(since),
+            until: Some(until),
+            ..Default::default()
+        }))
+        .await
+        .expect("query");
+    time(
+        storage,
+        "one day, page 2 (cursor from page 1)",
+        page(EventQuery {
+            since: Some(since),
+            until: Some(until),
+            before_id: first.last().map(|e| e.id),
+            ..Default::default()
+        }),
+    )
+    .await;
+    time(
+        storage,
+        "one day + kind = keys.revoked",
+        page(EventQuery {
+            kind: Some("keys.revoked".into()),
+            since: Some(since),
+            until: Some(until),
+            ..Default::default()
+        }),
+    )
+    .await;
+    time(
+        storage,
+        "since 2025-06-01 (open-ended), newest page",
+        page(EventQuery {
+            since: Some(since),
+            ..Default::default()
+        }),
+    )
+    .await;
+    time(
+        storage,
+        "until 2025-06-01, page at id 200,000",
+        page(EventQuery {
+            until: Some(since),
+            before_id: Some(200_000),
+            ..Default::default()
+        }),
+    )
+    .await;
     time(
         storage,
         "live tail: after the newest id",

@@ -34,6 +34,11 @@ impl Algorithm {
         Algorithm::ES256,
     ];
 
+    /// This algorithm's position in [`Algorithm::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The `alg` value as written in a JWS header and a JWK.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -153,6 +158,13 @@ impl fmt::Display for RsaBits {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn index_is_the_position_in_all() {
+        for (i, alg) in Algorithm::ALL.into_iter().enumerate() {
+            assert_eq!(alg.index(), i);
+        }
+    }
 
     #[test]
     fn parses_canonical_and_any_case() {

@@ -38,6 +38,7 @@ pub const SETTINGS: &[&str] = &[
     "first_admin_email",
     "event_retention",
     "retired_keys_cap",
+    "key_pool",
 ];
 
 /// Settings whose values are secret and never printed.
@@ -241,6 +242,9 @@ pub struct Config {
     /// How many records of `revoked` and of `expired` keys are kept per algorithm
     /// (metadata only; the private halves are long gone). Older ones are pruned.
     pub retired_keys_cap: usize,
+    /// How many keys per enabled algorithm `serve` keeps generated ahead, at low
+    /// priority, so a rotation does no generation (0: none).
+    pub key_pool: usize,
     /// The text (secrets already redacted) and source of every setting, for `config check`.
     raw: BTreeMap<&'static str, (String, Source)>,
     /// Things worth telling the operator that do not stop Signet.
@@ -401,6 +405,12 @@ impl Config {
                 )),
             }
         });
+        let key_pool = p.field("key_pool", "2", |s| match s.trim().parse::<usize>() {
+            Ok(n) if n <= 64 => Ok(n),
+            _ => Err(format!(
+                "'{s}' is not a number of keys between 0 and 64"
+            )),
+        });
         // Invariant 4 (docs/design.md): a token must never outlive the publication of its key.
         if let (Some(ttl), Some(retention)) = (max_token_ttl, retention)
             && ttl >= retention
@@ -478,6 +488,7 @@ impl Config {
             first_admin_email,
             event_retention,
             retired_keys_cap,
+            key_pool,
         ) {
             (
                 Some(listen),
@@ -500,6 +511,7 @@ impl Config {
                 Some(first_admin_email),
                 Some(event_retention),
                 Some(retired_keys_cap),
+                Some(key_pool),
             ) => Ok(Config {
                 listen,
                 public_url,
@@ -521,6 +533,7 @@ impl Config {
                 first_admin_email,
                 event_retention,
                 retired_keys_cap,
+                key_pool,
                 raw,
                 warnings,
             }),

@@ -1,7 +1,7 @@
 //! Building and running the server: `Application::build(config)` does every check and
 //! binds the listener (port 0 in tests), `run_until_stopped` serves until shutdown.
 
-use crate::server::accounts::admins;
+use crate::server::accounts::{admins, tokens};
 use crate::server::audit::Actor;
 use crate::server::config::{Backend, Config, KekSource};
 use crate::server::crypto::kek::{self, KekError, Keyring};
@@ -102,7 +102,7 @@ impl Application {
             tail,
             keys,
             recent_tokens: Default::default(),
-            leptos_options: leptos_options(addr),
+            leptos_options: Arc::new(leptos_options(addr)),
         };
         let router = crate::server::http::router(state.clone());
         Ok(Self {
@@ -153,9 +153,17 @@ impl Application {
             config: self.state.config.clone(),
             instance,
         };
+        // Keys for the next rotations are made ahead, at low priority.
+        if let Err(e) = self.state.keys.start_pool() {
+            tracing::warn!(error = %e, "cannot start the key generator; rotations generate their own keys");
+        }
         let background = [
             tokio::spawn(watch_keys(
                 self.state.keys.clone(),
+                self.state.storage.clone(),
+            )),
+            tokio::spawn(tokens::watch_revocations(
+                self.state.recent_tokens.clone(),
                 self.state.storage.clone(),
             )),
             // The first look happens at once: a slot missed while no instance ran is
@@ -181,6 +189,7 @@ impl Application {
         for task in background {
             task.abort();
         }
+        self.state.keys.stop_pool();
         storage.close().await;
         served
     }

@@ -18,11 +18,13 @@ pub struct AppState {
     pub recent_tokens: Arc<crate::server::accounts::tokens::RecentTokens>,
     /// The live tail's shared poller and stream caps.
     pub tail: Arc<crate::server::events::Tail>,
-    pub leptos_options: LeptosOptions,
+    /// Behind an `Arc`, so the per-request clone of the state stays a few counter
+    /// increments.
+    pub leptos_options: Arc<LeptosOptions>,
 }
 
 impl FromRef<AppState> for LeptosOptions {
     fn from_ref(state: &AppState) -> Self {
-        state.leptos_options.clone()
+        (*state.leptos_options).clone()
     }
 }

@@ -334,3 +334,94 @@ async fn verify_needs_the_audience_of_a_token_that_has_one() {
     assert!(field("stale-if-error") <= 60, "{cache}");
     app.stop().await;
 }
+
+/// The status of a `/sign` call made with `token` against a server at `base`.
+async fn sign_status(http: &reqwest::Client, base: &str, token: &str) -> StatusCode {
+    http.post(format!("{base}/api/v1/sign"))
+        .bearer_auth(token)
+        .json(&json!({"claims": {"sub": "svc"}, "alg": "EdDSA", "ttl": 60}))
+        .send()
+        .await
+        .expect("request reaches the server")
+        .status()
+}
+
+/// API tokens are authenticated from memory once the database accepted them, and a
+/// revocation made anywhere still takes effect on every instance within a second: here
+/// a second instance (the real binary, same database) and this one, both having used the
+/// token, and the revocation written by neither of their request paths.
+async fn a_token_revoked_anywhere_stops_working_everywhere_within_a_second(backend: Backend) {
+    use crate::helpers::{ServeProcess, cli_token};
+    let app = spawn_app(backend).await;
+    let log = app.db.data_dir.path().join("other.log");
+    let other = ServeProcess::start(
+        &app.db.env(),
+        &[],
+        std::fs::File::create(&log).expect("log file"),
+    )
+    .await;
+    let doomed = cli_token(&app.db.env(), "doomed", &["sign"]).await;
+    let kept = cli_token(&app.db.env(), "kept", &["sign"]).await;
+    let http = reqwest::Client::new();
+    for base in [app.url.as_str(), other.url.as_str()] {
+        for t in [&doomed, &kept] {
+            for _ in 0..3 {
+                assert_eq!(sign_status(&http, base, t).await, StatusCode::OK, "{backend:?}");
+            }
+        }
+    }
+
+    let id = doomed
+        .strip_prefix("sgt_")
+        .and_then(|r| r.split_once('_'))
+        .map(|(id, _)| id.to_string())
+        .expect("a token id");
+    assert!(
+        signet::server::accounts::tokens::revoke(
+            app.state.storage.as_ref(),
+            &id,
+            &signet::server::audit::Actor::cli()
+        )
+        .await
+        .expect("revoked")
+    );
+    let revoked = Instant::now();
+    for base in [app.url.as_str(), other.url.as_str()] {
+        loop {
+            let sent = Instant::now();
+            let status = sign_status(&http, base, &doomed).await;
+            if status == StatusCode::UNAUTHORIZED {
+                eprintln!(
+                    "{backend:?}: {base} refused the revoked token after {:?}",
+                    revoked.elapsed()
+                );
+                break;
+            }
+            assert_eq!(status, StatusCode::OK, "{backend:?}");
+            assert!(
+                sent.duration_since(revoked) < Duration::from_secs(1),
+                "{backend:?}: {base} still accepted a token revoked {:?} before the request",
+                sent.duration_since(revoked)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The other token is untouched, and the revoked one stays refused.
+        assert_eq!(sign_status(&http, base, &kept).await, StatusCode::OK);
+        assert_eq!(
+            sign_status(&http, base, &doomed).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    other.sigkill().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_revoked_anywhere_stops_working_everywhere_within_a_second_sqlite() {
+    a_token_revoked_anywhere_stops_working_everywhere_within_a_second(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_token_revoked_anywhere_stops_working_everywhere_within_a_second_postgres() {
+    a_token_revoked_anywhere_stops_working_everywhere_within_a_second(Backend::Postgres).await;
+}

@@ -7,10 +7,12 @@
 use crate::domain::audit::{Level, kind};
 use crate::server::audit::Actor;
 use crate::server::audit::{self, NewEvent};
-use crate::server::storage::{ApiTokenRow, Storage, StorageError};
+use crate::server::storage::{ApiTokenRow, Revocations, Storage, StorageError};
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// Scopes a token can carry.
 pub const SCOPES: [&str; 4] = ["keys:read", "keys:write", "audit:read", "sign"];
@@ -116,62 +118,154 @@ pub async fn revoke(storage: &dyn Storage, id: &str, actor: &Actor) -> Result<bo
 /// How long a token that the database accepted may be honoured from memory while the
 /// database is unreachable: long enough to ride out a restart or a failover, short enough
 /// that a revocation made elsewhere just before an outage is not honoured for long.
-pub const OUTAGE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+pub const OUTAGE_GRACE: Duration = Duration::from_secs(60);
 
-/// API tokens this instance recently checked against the database. Used only when the
-/// database is unavailable, so `/sign` and `/verify` keep working through a short outage;
-/// a token seen revoked or unknown is dropped at once and never honoured from here.
+/// How often each instance asks the database whether any token was revoked.
+pub const REVOCATION_POLL: Duration = Duration::from_millis(250);
+
+/// A token is authenticated from memory only while the last look at the revocations
+/// started less than this long ago: a revocation anywhere takes effect on every instance
+/// within this bound, even if the poller stalls.
+pub const REVOCATION_BOUND: Duration = Duration::from_secs(1);
+
+/// API tokens this instance checked against the database, so `/sign` does not read the
+/// database per request.
+///
+/// A remembered token is honoured from memory (same secret hash) only while a look at
+/// the revocations ([`TokenStore::revocations`], every [`REVOCATION_POLL`]) started less
+/// than [`REVOCATION_BOUND`] ago and saw nothing new since the token was checked; any new
+/// revocation anywhere empties the memory. While the database is unavailable, a token
+/// checked within [`OUTAGE_GRACE`] is still honoured. A token seen revoked or unknown,
+/// or presented with a wrong secret, goes to the database, and the first two are
+/// forgotten at once.
+///
+/// [`TokenStore::revocations`]: crate::server::storage::TokenStore::revocations
 #[derive(Default)]
 pub struct RecentTokens {
-    entries: std::sync::Mutex<std::collections::HashMap<String, Recent>>,
+    inner: std::sync::Mutex<Memory>,
+}
+
+#[derive(Default)]
+struct Memory {
+    entries: HashMap<String, Recent>,
+    /// Bumped whenever the entries are dropped for a revocation: a database check that
+    /// began under an older epoch may have read a token revoked since, and is not kept.
+    epoch: u64,
+    /// What the last look at the revocations saw, and when that look started.
+    seen: Option<Revocations>,
+    looked: Option<Instant>,
 }
 
 struct Recent {
     secret_hash: String,
     principal: Principal,
-    checked: std::time::Instant,
+    checked: Instant,
 }
 
 impl RecentTokens {
-    fn remember(&self, id: &str, secret_hash: &str, principal: &Principal) {
-        if let Ok(mut entries) = self.entries.lock() {
-            // Bounded: entries past the grace are useless, so drop them when it grows.
-            if entries.len() >= 10_000 {
-                entries.retain(|_, r| r.checked.elapsed() < OUTAGE_GRACE);
-            }
-            entries.insert(
-                id.to_string(),
-                Recent {
-                    secret_hash: secret_hash.to_string(),
-                    principal: principal.clone(),
-                    checked: std::time::Instant::now(),
-                },
-            );
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Forgets a token (revoked, unknown, or a wrong secret presented for it).
+    /// The epoch to pass to [`Self::remember`] for a database check starting now.
+    fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    fn remember(&self, epoch: u64, id: &str, secret_hash: &str, principal: &Principal) {
+        let mut memory = self.lock();
+        if memory.epoch != epoch {
+            return;
+        }
+        // Bounded: entries past the grace are useless, so drop them when it grows.
+        if memory.entries.len() >= 10_000 {
+            memory
+                .entries
+                .retain(|_, r| r.checked.elapsed() < OUTAGE_GRACE);
+        }
+        memory.entries.insert(
+            id.to_string(),
+            Recent {
+                secret_hash: secret_hash.to_string(),
+                principal: principal.clone(),
+                checked: Instant::now(),
+            },
+        );
+    }
+
+    /// Forgets a token (revoked, or unknown).
     pub fn forget(&self, id: &str) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.remove(id);
-        }
+        self.lock().entries.remove(id);
     }
 
+    /// Records a look at the revocations that started at `started`: anything new since
+    /// the last look empties the memory.
+    pub fn looked(&self, started: Instant, now: Revocations) {
+        let mut memory = self.lock();
+        if memory.seen.as_ref().is_some_and(|seen| *seen != now) {
+            memory.entries.clear();
+            memory.epoch += 1;
+        }
+        memory.seen = Some(now);
+        memory.looked = Some(memory.looked.map_or(started, |l| l.max(started)));
+    }
+
+    /// The token, if it can be honoured from memory without the database.
+    fn current(&self, id: &str, presented_hash: &str) -> Option<Principal> {
+        let memory = self.lock();
+        if !memory
+            .looked
+            .is_some_and(|l| l.elapsed() < REVOCATION_BOUND)
+        {
+            return None;
+        }
+        memory
+            .entries
+            .get(id)
+            .filter(|r| same_hash(presented_hash, &r.secret_hash))
+            .map(|r| r.principal.clone())
+    }
+
+    /// The token, if the database accepted it within [`OUTAGE_GRACE`] (for outages).
     fn recall(&self, id: &str, presented_hash: &str) -> Option<Principal> {
-        let entries = self.entries.lock().ok()?;
-        let recent = entries.get(id)?;
-        let matches = aws_lc_rs::constant_time::verify_slices_are_equal(
-            presented_hash.as_bytes(),
-            recent.secret_hash.as_bytes(),
-        )
-        .is_ok();
-        (matches && recent.checked.elapsed() < OUTAGE_GRACE).then(|| recent.principal.clone())
+        let memory = self.lock();
+        let recent = memory.entries.get(id)?;
+        // Still known good as of the last look at the revocations, if that was later.
+        let confirmed = memory
+            .looked
+            .map_or(recent.checked, |l| l.max(recent.checked));
+        (same_hash(presented_hash, &recent.secret_hash) && confirmed.elapsed() < OUTAGE_GRACE)
+            .then(|| recent.principal.clone())
+    }
+}
+
+fn same_hash(a: &str, b: &str) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
+}
+
+/// Looks at the revocations every [`REVOCATION_POLL`] for as long as the server runs, so
+/// a token revoked on any instance (or by the CLI) stops working here within
+/// [`REVOCATION_BOUND`]. A failed look just lets the bound lapse: tokens then go to the
+/// database again.
+pub async fn watch_revocations(recent: std::sync::Arc<RecentTokens>, storage: std::sync::Arc<dyn Storage>) {
+    let mut tick = tokio::time::interval(REVOCATION_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let started = Instant::now();
+        match storage.revocations().await {
+            Ok(now) => recent.looked(started, now),
+            Err(e) => tracing::debug!(error = %e, "cannot look at token revocations"),
+        }
     }
 }
 
 /// Checks a bearer token. `None` for anything that is not a valid, unrevoked token; the
-/// caller answers 401 without saying which part was wrong. When the database is
-/// unavailable, a token it accepted within [`OUTAGE_GRACE`] is still honoured.
+/// caller answers 401 without saying which part was wrong. A token checked recently is
+/// honoured from memory while revocations are being watched (see [`RecentTokens`]); when
+/// the database is unavailable, one it accepted within [`OUTAGE_GRACE`] still is.
 pub async fn authenticate(
     storage: &dyn Storage,
     recent: &RecentTokens,
@@ -187,6 +281,10 @@ pub async fn authenticate(
         return Ok(None);
     }
     let presented = hash(secret);
+    if let Some(principal) = recent.current(id, &presented) {
+        return Ok(Some(principal));
+    }
+    let epoch = recent.epoch();
     let row = match storage.find_api_token(id).await {
         Ok(row) => row,
         Err(e) if e.is_unavailable() => {
@@ -204,21 +302,84 @@ pub async fn authenticate(
         recent.forget(id);
         return Ok(None);
     };
-    let matches = aws_lc_rs::constant_time::verify_slices_are_equal(
-        presented.as_bytes(),
-        row.secret_hash.as_bytes(),
-    )
-    .is_ok();
-    if !matches || row.revoked_at.is_some() {
-        if row.revoked_at.is_some() {
-            recent.forget(id);
-        }
+    if row.revoked_at.is_some() {
+        recent.forget(id);
+        return Ok(None);
+    }
+    if !same_hash(&presented, &row.secret_hash) {
         return Ok(None);
     }
     let principal = Principal {
         name: row.name,
         scopes: row.scopes,
     };
-    recent.remember(id, &row.secret_hash, &principal);
+    recent.remember(epoch, id, &row.secret_hash, &principal);
     Ok(Some(principal))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal() -> Principal {
+        Principal {
+            name: "svc".into(),
+            scopes: vec!["sign".into()],
+        }
+    }
+
+    fn revocations(count: i64) -> Revocations {
+        Revocations {
+            count,
+            latest: None,
+        }
+    }
+
+    #[test]
+    fn memory_is_used_only_while_revocations_are_being_watched() {
+        let recent = RecentTokens::default();
+        let epoch = recent.epoch();
+        recent.remember(epoch, "a", "h", &principal());
+        // Never looked at the revocations: the database decides.
+        assert_eq!(recent.current("a", "h"), None);
+        recent.looked(Instant::now(), revocations(0));
+        assert_eq!(recent.current("a", "h"), Some(principal()));
+        // A wrong secret is never answered from memory.
+        assert_eq!(recent.current("a", "x"), None);
+        // A look that started more than the bound ago no longer vouches for anything.
+        let stale = RecentTokens::default();
+        stale.remember(stale.epoch(), "a", "h", &principal());
+        stale.looked(Instant::now() - REVOCATION_BOUND, revocations(0));
+        assert_eq!(stale.current("a", "h"), None);
+        // But during an outage the grace still holds.
+        assert_eq!(stale.recall("a", "h"), Some(principal()));
+    }
+
+    #[test]
+    fn a_new_revocation_anywhere_empties_the_memory() {
+        let recent = RecentTokens::default();
+        recent.looked(Instant::now(), revocations(3));
+        recent.remember(recent.epoch(), "a", "h", &principal());
+        recent.looked(Instant::now(), revocations(3));
+        assert!(recent.current("a", "h").is_some());
+        recent.looked(Instant::now(), revocations(4));
+        assert_eq!(recent.current("a", "h"), None);
+        assert_eq!(recent.recall("a", "h"), None, "not even for an outage");
+    }
+
+    #[test]
+    fn a_check_that_began_before_a_revocation_was_seen_is_not_remembered() {
+        let recent = RecentTokens::default();
+        recent.looked(Instant::now(), revocations(0));
+        // A request reads the token from the database...
+        let epoch = recent.epoch();
+        // ...meanwhile the poller sees a revocation (perhaps of this very token)...
+        recent.looked(Instant::now(), revocations(1));
+        // ...so what the request read may be stale and is dropped.
+        recent.remember(epoch, "a", "h", &principal());
+        assert_eq!(recent.current("a", "h"), None);
+        // A check that began after it is kept.
+        recent.remember(recent.epoch(), "a", "h", &principal());
+        assert_eq!(recent.current("a", "h"), Some(principal()));
+    }
 }

@@ -17,6 +17,7 @@ use crate::server::state::AppState;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::header;
 use axum::http::request::Parts;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -277,7 +278,7 @@ async fn sign(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<SignBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require("sign")?;
     let Value::Object(claims) = body.claims else {
         return Err(ApiError::BadRequest(
@@ -287,9 +288,20 @@ async fn sign(
     };
     let alg = parse_alg(body.alg.as_deref())?;
     let s = state.keys.sign(claims, alg, body.ttl).await?;
-    Ok(Json(
-        json!({ "token": s.token, "kid": s.kid, "alg": s.alg }),
-    ))
+    Ok(Json(SignAnswer {
+        alg: s.alg,
+        kid: s.kid.as_str(),
+        token: &s.token,
+    })
+    .into_response())
+}
+
+/// `/sign`'s answer, serialised straight from the signed token.
+#[derive(serde::Serialize)]
+struct SignAnswer<'a> {
+    alg: crate::domain::Algorithm,
+    kid: &'a str,
+    token: &'a str,
 }
 
 #[derive(Deserialize)]

@@ -68,6 +68,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     for (alg, age, _) in &ages {
         let _ = writeln!(out, "signet_key_age_seconds{{alg=\"{alg}\"}} {age}");
     }
+    out.push_str("# HELP signet_key_pool_ready Keys generated ahead of need, waiting for a rotation.\n");
+    out.push_str("# TYPE signet_key_pool_ready gauge\n");
+    for (alg, ready) in keys.pool_ready() {
+        let _ = writeln!(out, "signet_key_pool_ready{{alg=\"{alg}\"}} {ready}");
+    }
     out.push_str("# HELP signet_rotation_overdue 1 when an active key is older than the schedule's period plus a margin.\n");
     out.push_str("# TYPE signet_rotation_overdue gauge\n");
     let overdue = ages.iter().any(|(_, _, late)| *late);

@@ -26,7 +26,7 @@ pub fn router(state: AppState) -> Router {
     // a session.
     let ui = Router::new()
         .leptos_routes(&state, routes, {
-            let options = state.leptos_options.clone();
+            let options = (*state.leptos_options).clone();
             move || shell(options.clone())
         })
         .merge(ui::router())
@@ -47,7 +47,7 @@ pub fn router(state: AppState) -> Router {
     // The well-known routes set their own few headers: the JWKS is the hot path, served
     // from precomputed bytes, and skips the middleware.
     Router::new()
-        .merge(wellknown::router())
+        .merge(wellknown::router(&state))
         .merge(with_headers)
         .with_state(state)
 }

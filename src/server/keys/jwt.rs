@@ -66,14 +66,17 @@ pub fn sign(
     claims.insert("iss".into(), Value::String(issuer.to_string()));
     claims.insert("iat".into(), Value::from(iat));
     claims.insert("exp".into(), Value::from(exp));
-    let header =
-        serde_json::json!({ "alg": alg.as_str(), "typ": "JWT", "kid": signer.kid.as_str() });
-    let mut token = B64.encode(header.to_string());
+    // The claims are serialised once, straight into the bytes the payload encodes.
+    let payload = serde_json::to_vec(&claims).map_err(|_| CryptoError::Sign)?;
+    let mut token = String::with_capacity(
+        signer.header_b64.len() + 2 + payload.len().div_ceil(3) * 4 + 350,
+    );
+    token.push_str(&signer.header_b64);
     token.push('.');
-    token.push_str(&B64.encode(Value::Object(claims).to_string()));
+    B64.encode_string(&payload, &mut token);
     let signature = signer.signer.sign(token.as_bytes())?;
     token.push('.');
-    token.push_str(&B64.encode(signature));
+    B64.encode_string(signature, &mut token);
     Ok(Signed {
         token,
         kid: signer.kid.clone(),

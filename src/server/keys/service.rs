@@ -9,7 +9,8 @@
 //! The service also keeps the [`KeySnapshot`] every request reads, and replaces it when
 //! the stored keys change.
 
-use super::{Counters, KeyError, KeySnapshot, SLOT_ROTATION, Schedule, ScheduleError};
+use super::pool::SealedKey;
+use super::{Counters, KeyError, KeyPool, KeySnapshot, SLOT_ROTATION, Schedule, ScheduleError};
 use crate::domain::audit::{Level, Trigger, kind};
 use crate::domain::lifecycle::{self, PlanError, Policy};
 use crate::domain::schedule::DueSlot;
@@ -24,7 +25,7 @@ use crate::server::storage::{
 };
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// How many times an operation re-plans after losing a race before giving up.
 const MAX_ATTEMPTS: usize = 5;
@@ -55,6 +56,8 @@ pub struct KeyService {
     storage: Arc<dyn Storage>,
     keyring: Arc<Keyring>,
     config: Arc<Config>,
+    /// `iss` of every token, computed once from `public_url`.
+    issuer: Arc<str>,
     snapshot: RwLock<Arc<KeySnapshot>>,
     schedule: RwLock<Schedule>,
     /// The latest-`exp` value written to the database per key. Each write records a step
@@ -66,6 +69,8 @@ pub struct KeyService {
     next_rotation: RwLock<Option<DateTime<Utc>>>,
     /// Set while the database holds a newer key version than the snapshot.
     lag: std::sync::Mutex<Option<Lag>>,
+    /// Keys generated ahead of need (`serve` only; see [`KeyService::start_pool`]).
+    pool: OnceLock<Arc<KeyPool>>,
     /// What this process rotated and revoked, for `/metrics`.
     pub counters: Counters,
 }
@@ -97,6 +102,8 @@ impl KeyService {
             next_rotation: RwLock::new(None),
             lag: std::sync::Mutex::new(None),
             counters: Default::default(),
+            pool: OnceLock::new(),
+            issuer: config.issuer().into(),
             config,
         }
     }
@@ -136,17 +143,17 @@ impl KeyService {
         {
             return Err(jwt::SignError::Unavailable(why.clone()));
         }
-        let issuer = self.config.issuer();
         let now = Utc::now();
         let signed = if alg.is_rsa() {
             // An RSA signature costs about half a millisecond: keep it off the async threads.
+            let issuer = self.issuer.clone();
             tokio::task::spawn_blocking(move || {
                 jwt::sign(&snapshot, &issuer, claims, alg, ttl, now)
             })
             .await
             .map_err(|_| jwt::SignError::Crypto(CryptoError::Sign))??
         } else {
-            jwt::sign(&snapshot, &issuer, claims, alg, ttl, now)?
+            jwt::sign(&snapshot, &self.issuer, claims, alg, ttl, now)?
         };
         self.note_token_exp(&signed.kid, signed.exp).await;
         Ok(signed)
@@ -728,32 +735,54 @@ impl KeyService {
         Err(KeyError::Busy)
     }
 
-    /// Generates and seals keys on blocking threads (RSA generation takes long).
+    /// Generates and seals keys: taken from the pool where it has them, otherwise on
+    /// blocking threads (RSA generation takes long).
     async fn generate(&self, wanted: &[(Algorithm, KeyState)]) -> Result<Vec<NewKey>, KeyError> {
         let mut out = Vec::with_capacity(wanted.len());
         let kek = self.keyring.active().clone();
         for &(alg, state) in wanted {
+            if let Some(key) = self.pool.get().and_then(|p| p.take(alg, kek.id())) {
+                out.push(key.into_new_key(state));
+                continue;
+            }
             let bits = self.config.rsa_bits;
             let kek = kek.clone();
-            let new_key = tokio::task::spawn_blocking(move || -> Result<NewKey, KeyError> {
-                let key = crypto::generate(alg, bits)?;
-                let sealed = crypto::seal(kek.key_bytes(), &key.kid, &key.private)?;
-                let public_jwk = serde_json::to_string(&key.jwk)
-                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                Ok(NewKey {
-                    kid: key.kid,
-                    alg,
-                    state,
-                    public_jwk,
-                    sealed,
-                    kek_id: kek.id().to_string(),
-                })
-            })
-            .await
-            .map_err(|_| CryptoError::Generate(alg))??;
-            out.push(new_key);
+            let key = tokio::task::spawn_blocking(move || SealedKey::generate(alg, bits, &kek))
+                .await
+                .map_err(|_| CryptoError::Generate(alg))??;
+            out.push(key.into_new_key(state));
         }
         Ok(out)
+    }
+
+    /// Starts generating `key_pool` keys per enabled algorithm ahead of need, at low
+    /// priority (once; `serve` calls it).
+    pub fn start_pool(&self) -> std::io::Result<()> {
+        if self.config.key_pool == 0 || self.pool.get().is_some() {
+            return Ok(());
+        }
+        let pool = KeyPool::start(
+            self.config.key_pool,
+            self.enabled(),
+            self.config.rsa_bits,
+            self.keyring.active().clone(),
+        )?;
+        if let Err(extra) = self.pool.set(pool) {
+            extra.stop();
+        }
+        Ok(())
+    }
+
+    /// Stops the pool's generating thread (at shutdown).
+    pub fn stop_pool(&self) {
+        if let Some(pool) = self.pool.get() {
+            pool.stop();
+        }
+    }
+
+    /// How many keys of each enabled algorithm wait in the pool (empty without one).
+    pub fn pool_ready(&self) -> Vec<(Algorithm, usize)> {
+        self.pool.get().map(|p| p.ready()).unwrap_or_default()
     }
 }
 

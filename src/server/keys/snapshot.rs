@@ -10,6 +10,7 @@ use crate::domain::{Algorithm, KeyInfo, KeyState, Kid};
 use crate::server::crypto::{PublicJwk, Signer};
 use crate::server::storage::{StorageError, StoredKey};
 use axum::body::Bytes;
+use axum::http::HeaderValue;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +20,42 @@ pub struct ActiveSigner {
     pub kid: Kid,
     pub alg: Algorithm,
     pub signer: Signer,
+    /// The token header every signature with this key carries (`alg`, `kid`, `typ`),
+    /// base64url-encoded once rather than per token.
+    pub header_b64: String,
+}
+
+impl ActiveSigner {
+    pub fn new(kid: Kid, alg: Algorithm, signer: Signer) -> Self {
+        use base64::Engine as _;
+        let header = serde_json::json!({ "alg": alg.as_str(), "typ": "JWT", "kid": kid.as_str() });
+        let header_b64 =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(header.to_string());
+        Self {
+            kid,
+            alg,
+            signer,
+            header_b64,
+        }
+    }
+}
+
+/// A JWKS ready to serve: its body and its `ETag` header value, computed once per
+/// snapshot so a request only clones them.
+#[derive(Clone)]
+pub struct PublishedJwks {
+    /// `Bytes`, so serving it is a reference-count increment, not a copy.
+    pub body: Bytes,
+    /// The quoted strong ETag, e.g. `"0123…"`.
+    pub etag: HeaderValue,
+}
+
+impl PublishedJwks {
+    fn new(body: Bytes, etag: &str) -> Result<Self, KeyError> {
+        let etag = HeaderValue::from_str(etag)
+            .map_err(|e| KeyError::from(StorageError::Corrupt(e.to_string())))?;
+        Ok(Self { body, etag })
+    }
 }
 
 /// What every request reads: built once per change of the keys.
@@ -29,10 +66,10 @@ pub struct ActiveSigner {
 pub struct KeySnapshot {
     pub version: i64,
     pub keys: Vec<KeyInfo>,
-    /// The JWKS body; `Bytes` so serving it is a reference-count increment, not a copy.
-    pub jwks: Bytes,
-    pub jwks_by_alg: HashMap<Algorithm, Bytes>,
-    pub etag: String,
+    /// The published JWKS.
+    pub jwks: PublishedJwks,
+    /// The JWKS narrowed to each algorithm (`?alg=`), in the order of `Algorithm::ALL`.
+    pub jwks_by_alg: [PublishedJwks; Algorithm::ALL.len()],
     /// The active key of each algorithm whose private half this instance could open.
     pub signers: HashMap<Algorithm, Arc<ActiveSigner>>,
     /// Why an algorithm with an active key has no signer here (for `/sign` and readiness).
@@ -51,14 +88,27 @@ impl KeySnapshot {
         Self {
             version: -1,
             keys: Vec::new(),
-            jwks: Bytes::from_static(br#"{"keys":[]}"#),
-            jwks_by_alg: HashMap::new(),
-            etag: String::new(),
+            jwks: PublishedJwks {
+                body: Bytes::from_static(br#"{"keys":[]}"#),
+                etag: HeaderValue::from_static("\"\""),
+            },
+            jwks_by_alg: Algorithm::ALL.map(|_| PublishedJwks {
+                body: Bytes::from_static(br#"{"keys":[]}"#),
+                etag: HeaderValue::from_static("\"\""),
+            }),
             signers: HashMap::new(),
             unavailable: HashMap::new(),
             damaged: Vec::new(),
             public: HashMap::new(),
             next_expiry: None,
+        }
+    }
+
+    /// The JWKS to serve for `?alg=` (all published keys for `None`).
+    pub fn jwks_for(&self, alg: Option<Algorithm>) -> &PublishedJwks {
+        match alg {
+            None => &self.jwks,
+            Some(alg) => &self.jwks_by_alg[alg.index()],
         }
     }
 
@@ -119,17 +169,24 @@ impl KeySnapshot {
                 .map_err(|e| StorageError::Corrupt(e.to_string()).into())
         };
         let jwks = jwks_of(&published)?;
-        let mut jwks_by_alg = HashMap::new();
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &jwks);
+        let etag = crate::server::crypto::hex(&digest.as_ref()[..16]);
+        let mut jwks_by_alg = Vec::with_capacity(Algorithm::ALL.len());
         for alg in Algorithm::ALL {
             let of_alg: Vec<&StoredKey> = published
                 .iter()
                 .copied()
                 .filter(|k| k.info.alg == alg)
                 .collect();
-            jwks_by_alg.insert(alg, jwks_of(&of_alg)?);
+            jwks_by_alg.push(PublishedJwks::new(
+                jwks_of(&of_alg)?,
+                &format!("\"{etag}-{alg}\""),
+            )?);
         }
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &jwks);
-        let etag = format!("\"{}\"", crate::server::crypto::hex(&digest.as_ref()[..16]));
+        let jwks_by_alg = jwks_by_alg
+            .try_into()
+            .map_err(|_| KeyError::from(StorageError::Corrupt("algorithm count".into())))?;
+        let jwks = PublishedJwks::new(jwks, &format!("\"{etag}\""))?;
         let mut signers = HashMap::new();
         let mut unavailable = HashMap::new();
         for key in stored.iter().filter(|k| k.info.state == KeyState::Active) {
@@ -142,11 +199,7 @@ impl KeySnapshot {
                 Ok(signer) => {
                     signers.insert(
                         alg,
-                        Arc::new(ActiveSigner {
-                            kid: key.info.kid.clone(),
-                            alg,
-                            signer,
-                        }),
+                        Arc::new(ActiveSigner::new(key.info.kid.clone(), alg, signer)),
                     );
                 }
                 Err(e) => {
@@ -164,7 +217,6 @@ impl KeySnapshot {
             keys: infos,
             jwks,
             jwks_by_alg,
-            etag,
             signers,
             unavailable,
             damaged,

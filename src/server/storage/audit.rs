@@ -75,7 +75,9 @@ pub struct EventQuery {
     pub actor: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
-    /// Only events with a smaller id (the cursor of the previous page).
+    /// Only events older than this one (the cursor of the previous page): a smaller id,
+    /// or, in a time window (whose pages go newest first by `(at, id)`), a smaller
+    /// `(at, id)`.
     pub before_id: Option<i64>,
     /// Only events with a larger id (what is new since the last look: the live tail).
     /// Without `before_id`, these come oldest first.
@@ -292,16 +294,24 @@ enum FilterValue {
     Id(i64),
 }
 
-/// Each filter given, in order: its condition and its value.
+/// Each filter given, in order: its condition and its value. `$` stands for the value's
+/// parameter (a condition may name it twice).
 fn event_filters(q: &EventQuery) -> Vec<(&'static str, FilterValue)> {
     use FilterValue::{Id, Text, Time};
     let texts = [
-        ("level =", &q.level),
-        ("kind =", &q.kind),
-        ("actor =", &q.actor),
+        ("level = $", &q.level),
+        ("kind = $", &q.kind),
+        ("actor = $", &q.actor),
     ];
-    let times = [("at >=", q.since), ("at <", q.until)];
-    let ids = [("id <", q.before_id), ("id >", q.after_id)];
+    let times = [("at >= $", q.since), ("at < $", q.until)];
+    // Pages of a time window walk the (at, id) index, so their cursor is (at, id) too:
+    // the cursor event's time is read from its id.
+    let before = if by_time(q) {
+        "(at, id) < ((SELECT at FROM audit_events WHERE id = $), $)"
+    } else {
+        "id < $"
+    };
+    let ids = [(before, q.before_id), ("id > $", q.after_id)];
     let texts = texts
         .into_iter()
         .filter_map(|(c, v)| Some((c, Text(v.clone()?))));
@@ -310,28 +320,35 @@ fn event_filters(q: &EventQuery) -> Vec<(&'static str, FilterValue)> {
     texts.chain(times).chain(ids).collect()
 }
 
+/// Whether a query pages newest first by time rather than by id: a time window (the
+/// (at, id) index finds it at once; walking ids from the newest would scan everything
+/// after it), unless it reads forward from an id (the live tail).
+fn by_time(q: &EventQuery) -> bool {
+    (q.since.is_some() || q.until.is_some()) && q.after_id.is_none()
+}
+
 #[async_trait]
 impl<B: SqlBackend> AuditStore for B {
     async fn list_events(&self, q: &EventQuery) -> Result<Vec<StoredEvent>, StorageError> {
         // Only the filters given go into the SQL, so each shape of query gets a plan that
-        // uses its index ((kind, id), (level, id), (actor, id) or the primary key) and
-        // walks it newest first, whatever the table's size.
+        // uses its index ((kind, id), (level, id), (actor, id), (at, id) or the primary
+        // key) and walks it newest first, whatever the table's size.
         let filters = event_filters(q);
         let mut sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE 1 = 1");
         for (n, (condition, _)) in filters.iter().enumerate() {
-            sql.push_str(&format!(" AND {condition} ${}", n + 1));
+            sql.push_str(" AND ");
+            sql.push_str(&condition.replace('$', &format!("${}", n + 1)));
         }
         // Newest first, except when reading forward from a point (the live tail), which
         // must see the oldest new rows first so none is skipped.
-        let order = if q.after_id.is_some() && q.before_id.is_none() {
-            "ASC"
+        let order = if by_time(q) {
+            "at DESC, id DESC"
+        } else if q.after_id.is_some() && q.before_id.is_none() {
+            "id ASC"
         } else {
-            "DESC"
+            "id DESC"
         };
-        sql.push_str(&format!(
-            " ORDER BY id {order} LIMIT ${}",
-            filters.len() + 1
-        ));
+        sql.push_str(&format!(" ORDER BY {order} LIMIT ${}", filters.len() + 1));
         let query = filters
             .into_iter()
             .fold(sqlx::query(&sql), |query, (_, value)| match value {

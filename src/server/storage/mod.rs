@@ -35,7 +35,7 @@ pub use schedule::{ScheduleRow, ScheduleStore, SlotClaim};
 pub use sessions::SessionStore;
 pub use sql::AuditKeyState;
 pub use sqlite::SqliteStorage;
-pub use tokens::{ApiTokenRow, TokenStore};
+pub use tokens::{ApiTokenRow, Revocations, TokenStore};
 
 /// The storage traits, for code that calls them on something other than `dyn Storage`.
 pub mod prelude {

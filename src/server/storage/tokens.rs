@@ -22,6 +22,10 @@ pub trait TokenStore: Send + Sync {
     /// Every API token, newest first.
     async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRow>, StorageError>;
 
+    /// What the revoked tokens look like now: any revocation changes it (tokens are never
+    /// un-revoked or deleted). Cheap enough to ask several times a second.
+    async fn revocations(&self) -> Result<Revocations, StorageError>;
+
     /// Marks a token revoked, with its event. `false` if there is no such live token.
     async fn revoke_api_token(
         &self,
@@ -29,6 +33,13 @@ pub trait TokenStore: Send + Sync {
         at: DateTime<Utc>,
         event: &NewEvent,
     ) -> Result<bool, StorageError>;
+}
+
+/// A fingerprint of the revoked API tokens: how many, and the latest revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocations {
+    pub count: i64,
+    pub latest: Option<DateTime<Utc>>,
 }
 
 /// An API token as stored (the secret itself is never stored).
@@ -93,6 +104,19 @@ impl<B: SqlBackend> TokenStore for B {
         let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at DESC, name");
         let rows = sqlx::query(&sql).all(self.pool()).await?;
         rows.iter().map(token_from_row::<B::DB>).collect()
+    }
+
+    async fn revocations(&self) -> Result<Revocations, StorageError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS count, MAX(revoked_at) AS latest FROM api_tokens \
+             WHERE revoked_at IS NOT NULL",
+        )
+        .one(self.pool())
+        .await?;
+        Ok(Revocations {
+            count: row.col("count")?,
+            latest: row.col("latest")?,
+        })
     }
 
     async fn revoke_api_token(
