@@ -29,7 +29,12 @@ async fn main() -> std::io::Result<()> {
                 let key = generate(alg, RsaBits::B2048).expect("key");
                 let header = json!({ "alg": alg.as_str(), "typ": "JWT", "kid": key.kid.as_str() });
                 let signer = Signer::parse(alg, &key.private).expect("signer");
-                (alg, key.kid.to_string(), B64.encode(header.to_string()), signer)
+                (
+                    alg,
+                    key.kid.to_string(),
+                    B64.encode(header.to_string()),
+                    signer,
+                )
             })
             .collect(),
     );

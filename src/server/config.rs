@@ -407,9 +407,7 @@ impl Config {
         });
         let key_pool = p.field("key_pool", "2", |s| match s.trim().parse::<usize>() {
             Ok(n) if n <= 64 => Ok(n),
-            _ => Err(format!(
-                "'{s}' is not a number of keys between 0 and 64"
-            )),
+            _ => Err(format!("'{s}' is not a number of keys between 0 and 64")),
         });
         // Invariant 4 (docs/design.md): a token must never outlive the publication of its key.
         if let (Some(ttl), Some(retention)) = (max_token_ttl, retention)

@@ -366,7 +366,11 @@ async fn a_token_revoked_anywhere_stops_working_everywhere_within_a_second(backe
     for base in [app.url.as_str(), other.url.as_str()] {
         for t in [&doomed, &kept] {
             for _ in 0..3 {
-                assert_eq!(sign_status(&http, base, t).await, StatusCode::OK, "{backend:?}");
+                assert_eq!(
+                    sign_status(&http, base, t).await,
+                    StatusCode::OK,
+                    "{backend:?}"
+                );
             }
         }
     }

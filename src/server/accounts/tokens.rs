@@ -215,9 +215,9 @@ impl RecentTokens {
     /// The token, if it can be honoured from memory without the database.
     fn current(&self, id: &str, presented_hash: &str) -> Option<Principal> {
         let memory = self.lock();
-        if !memory
+        if memory
             .looked
-            .is_some_and(|l| l.elapsed() < REVOCATION_BOUND)
+            .is_none_or(|l| l.elapsed() >= REVOCATION_BOUND)
         {
             return None;
         }
@@ -249,7 +249,10 @@ fn same_hash(a: &str, b: &str) -> bool {
 /// a token revoked on any instance (or by the CLI) stops working here within
 /// [`REVOCATION_BOUND`]. A failed look just lets the bound lapse: tokens then go to the
 /// database again.
-pub async fn watch_revocations(recent: std::sync::Arc<RecentTokens>, storage: std::sync::Arc<dyn Storage>) {
+pub async fn watch_revocations(
+    recent: std::sync::Arc<RecentTokens>,
+    storage: std::sync::Arc<dyn Storage>,
+) {
     let mut tick = tokio::time::interval(REVOCATION_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

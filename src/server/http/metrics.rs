@@ -68,7 +68,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     for (alg, age, _) in &ages {
         let _ = writeln!(out, "signet_key_age_seconds{{alg=\"{alg}\"}} {age}");
     }
-    out.push_str("# HELP signet_key_pool_ready Keys generated ahead of need, waiting for a rotation.\n");
+    out.push_str(
+        "# HELP signet_key_pool_ready Keys generated ahead of need, waiting for a rotation.\n",
+    );
     out.push_str("# TYPE signet_key_pool_ready gauge\n");
     for (alg, ready) in keys.pool_ready() {
         let _ = writeln!(out, "signet_key_pool_ready{{alg=\"{alg}\"}} {ready}");

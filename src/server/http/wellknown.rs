@@ -67,16 +67,18 @@ impl Jwks {
         let snapshot = self.keys.snapshot();
         let alg = match request.uri().query().map(alg_param) {
             None | Some(None) => None,
-            Some(Some(name)) => match Algorithm::parse(&name) {
-                Ok(alg) => Some(alg),
-                Err(e) => {
-                    return (
+            Some(Some(name)) => {
+                match Algorithm::parse(&name) {
+                    Ok(alg) => Some(alg),
+                    Err(e) => {
+                        return (
                         StatusCode::BAD_REQUEST,
                         Json(serde_json::json!({ "error": "invalid_alg", "message": e.to_string() })),
                     )
                         .into_response();
+                    }
                 }
-            },
+            }
         };
         let published = snapshot.jwks_for(alg);
         let matches = request
@@ -226,7 +228,10 @@ mod tests {
         let mut now = at(9_000, 0);
         while now < at(10_100, 0) {
             let c = cache_control(now, Some(promotion), cap);
-            assert!(c.until > now.timestamp(), "it holds at least where computed");
+            assert!(
+                c.until > now.timestamp(),
+                "it holds at least where computed"
+            );
             let mut later = now;
             while later.timestamp() < c.until.min(now.timestamp() + 5) {
                 assert!(

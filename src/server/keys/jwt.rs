@@ -68,9 +68,8 @@ pub fn sign(
     claims.insert("exp".into(), Value::from(exp));
     // The claims are serialised once, straight into the bytes the payload encodes.
     let payload = serde_json::to_vec(&claims).map_err(|_| CryptoError::Sign)?;
-    let mut token = String::with_capacity(
-        signer.header_b64.len() + 2 + payload.len().div_ceil(3) * 4 + 350,
-    );
+    let mut token =
+        String::with_capacity(signer.header_b64.len() + 2 + payload.len().div_ceil(3) * 4 + 350);
     token.push_str(&signer.header_b64);
     token.push('.');
     B64.encode_string(&payload, &mut token);

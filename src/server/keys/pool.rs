@@ -193,17 +193,28 @@ mod tests {
     fn wait_full(pool: &KeyPool, depth: usize) {
         let start = Instant::now();
         while pool.ready().iter().any(|(_, n)| *n < depth) {
-            assert!(start.elapsed() < Duration::from_secs(60), "pool never filled");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "pool never filled"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     #[test]
     fn fills_each_algorithm_refills_what_is_taken_and_stops() {
-        let pool = KeyPool::start(2, &[Algorithm::EdDSA, Algorithm::ES256], RsaBits::B2048, kek())
-            .expect("thread starts");
+        let pool = KeyPool::start(
+            2,
+            &[Algorithm::EdDSA, Algorithm::ES256],
+            RsaBits::B2048,
+            kek(),
+        )
+        .expect("thread starts");
         wait_full(&pool, 2);
-        assert_eq!(pool.ready(), vec![(Algorithm::EdDSA, 2), (Algorithm::ES256, 2)]);
+        assert_eq!(
+            pool.ready(),
+            vec![(Algorithm::EdDSA, 2), (Algorithm::ES256, 2)]
+        );
 
         let a = pool.take(Algorithm::EdDSA, "k1").expect("a waiting key");
         let b = pool.take(Algorithm::EdDSA, "k1").expect("a second one");
@@ -223,6 +234,9 @@ mod tests {
         // Stopped: what was taken is not made again.
         pool.take(Algorithm::ES256, "k1").expect("still there");
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(pool.ready(), vec![(Algorithm::EdDSA, 2), (Algorithm::ES256, 1)]);
+        assert_eq!(
+            pool.ready(),
+            vec![(Algorithm::EdDSA, 2), (Algorithm::ES256, 1)]
+        );
     }
 }
