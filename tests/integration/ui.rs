@@ -1,7 +1,7 @@
 //! The admin UI's server functions and HTTP routes as a browser calls them: key actions,
 //! schedule edits, the events page (pages, filters, export, live tail) and PEM downloads.
 
-use crate::helpers::{BACKENDS, Backend, TestApp, encode, signed_in, spawn_app};
+use crate::helpers::{BACKENDS, Backend, TestApp, UiClient, encode, signed_in, spawn_app};
 use signet::domain::audit::{Level, Trigger};
 use signet::domain::{KeyState, Role};
 use signet::server::audit::NewEvent;
@@ -43,6 +43,24 @@ fn ids(page: &serde_json::Value) -> Vec<i64> {
         .collect()
 }
 
+/// Every event the events page lists for `filter`, following its cursor to the end.
+async fn every_page(ui: &mut UiClient, filter: &str) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = ui
+            .call("list_events_page", &format!("{filter}{cursor}"))
+            .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let page = page.json();
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_i64() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => return events,
+        }
+    }
+}
+
 #[tokio::test]
 async fn event_pages_follow_the_cursor_and_the_filters() {
     for backend in BACKENDS {
@@ -52,24 +70,12 @@ async fn event_pages_follow_the_cursor_and_the_filters() {
         let filter = "filter[level]=&filter[kind]=token.created&filter[actor]=seed0&filter[since]=&filter[until]=";
 
         // seed0 writes even i; token.created is i % 3 == 0: i in {0, 6, 12, ...}: 22 events.
-        let mut seen = Vec::new();
-        let mut cursor = String::new();
-        loop {
-            let page = ui
-                .call("list_events_page", &format!("{filter}{cursor}"))
-                .await;
-            assert_eq!(page.status, 200, "{}", page.body);
-            let page = page.json();
-            for e in page["events"].as_array().unwrap() {
-                assert_eq!(e["kind"], "token.created");
-                assert_eq!(e["actor"], "seed0");
-            }
-            seen.extend(ids(&page));
-            match page["next_cursor"].as_i64() {
-                Some(c) => cursor = format!("&cursor={c}"),
-                None => break,
-            }
+        let events = every_page(&mut ui, filter).await;
+        for e in &events {
+            assert_eq!(e["kind"], "token.created");
+            assert_eq!(e["actor"], "seed0");
         }
+        let seen: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
         assert_eq!(seen.len(), 22, "{backend:?}");
         assert!(
             seen.windows(2).all(|w| w[0] > w[1]),
@@ -94,21 +100,13 @@ async fn event_pages_follow_the_cursor_and_the_filters() {
         let window = "filter[level]=&filter[kind]=&filter[actor]=&filter[since]=2000-01-01T00:00&filter[until]=2999-01-01T00:00";
         let mut pages = Vec::new();
         for filter in [window, all] {
-            let mut seen = Vec::new();
-            let mut cursor = String::new();
-            loop {
-                let page = ui
-                    .call("list_events_page", &format!("{filter}{cursor}"))
-                    .await;
-                assert_eq!(page.status, 200, "{}", page.body);
-                let page = page.json();
-                seen.extend(ids(&page));
-                match page["next_cursor"].as_i64() {
-                    Some(c) => cursor = format!("&cursor={c}"),
-                    None => break,
-                }
-            }
-            pages.push(seen);
+            let events = every_page(&mut ui, filter).await;
+            pages.push(
+                events
+                    .iter()
+                    .map(|e| e["id"].as_i64().unwrap())
+                    .collect::<Vec<_>>(),
+            );
         }
         assert!(pages[0].len() > 130, "{backend:?}: {}", pages[0].len());
         assert_eq!(pages[0], pages[1], "{backend:?}");

@@ -51,6 +51,14 @@ pub struct PublishedJwks {
 }
 
 impl PublishedJwks {
+    /// The empty key set, before the keys are loaded.
+    fn none() -> Self {
+        Self {
+            body: Bytes::from_static(br#"{"keys":[]}"#),
+            etag: HeaderValue::from_static("\"\""),
+        }
+    }
+
     fn new(body: Bytes, etag: &str) -> Result<Self, KeyError> {
         let etag = HeaderValue::from_str(etag)
             .map_err(|e| KeyError::from(StorageError::Corrupt(e.to_string())))?;
@@ -88,14 +96,8 @@ impl KeySnapshot {
         Self {
             version: -1,
             keys: Vec::new(),
-            jwks: PublishedJwks {
-                body: Bytes::from_static(br#"{"keys":[]}"#),
-                etag: HeaderValue::from_static("\"\""),
-            },
-            jwks_by_alg: Algorithm::ALL.map(|_| PublishedJwks {
-                body: Bytes::from_static(br#"{"keys":[]}"#),
-                etag: HeaderValue::from_static("\"\""),
-            }),
+            jwks: PublishedJwks::none(),
+            jwks_by_alg: Algorithm::ALL.map(|_| PublishedJwks::none()),
             signers: HashMap::new(),
             unavailable: HashMap::new(),
             damaged: Vec::new(),
