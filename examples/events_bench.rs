@@ -157,6 +157,28 @@ async fn run(label: &str, storage: &dyn Storage) {
     .await;
     time(
         storage,
+        "one day + level = critical",
+        page(EventQuery {
+            level: Some("critical".into()),
+            since: Some(since),
+            until: Some(until),
+            ..Default::default()
+        }),
+    )
+    .await;
+    time(
+        storage,
+        "one day + actor = admin7@example.com",
+        page(EventQuery {
+            actor: Some("admin7@example.com".into()),
+            since: Some(since),
+            until: Some(until),
+            ..Default::default()
+        }),
+    )
+    .await;
+    time(
+        storage,
         "since 2025-06-01 (open-ended), newest page",
         page(EventQuery {
             since: Some(since),

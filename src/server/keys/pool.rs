@@ -3,9 +3,11 @@
 //! One thread generates and seals keys at the lowest CPU priority (nice 19) until every
 //! enabled algorithm has `depth` keys waiting; rotations take them. An RSA key costs a
 //! few hundred milliseconds of CPU here: made at nice 19 it yields the core to the
-//! threads serving requests whenever they have work. An empty pool is never waited for:
-//! the rotation generates its own key, as it would without a pool. Waiting keys are
-//! sealed with the active KEK exactly like stored ones, so nothing unsealed is kept.
+//! threads serving requests whenever they have work. A rotation that finds the pool
+//! empty (or runs without one) generates its own key, on a thread of its own at the same
+//! nice 19: on a saturated core the rotation waits for idle time rather than taking it
+//! from requests. Waiting keys are sealed with the active KEK exactly like stored ones,
+//! so nothing unsealed is kept.
 
 use super::KeyError;
 use crate::domain::{Algorithm, KeyState, Kid, RsaBits};
@@ -166,6 +168,25 @@ impl KeyPool {
     }
 }
 
+/// Generates and seals one key now, on a new thread at nice 19 (see the module's
+/// documentation), for a rotation that found no waiting key.
+pub async fn generate_at_low_priority(
+    alg: Algorithm,
+    bits: RsaBits,
+    kek: Kek,
+) -> Result<SealedKey, KeyError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("signet-keygen-now".into())
+        .spawn(move || {
+            lower_priority();
+            // The rotation may have given up (its request was dropped): nothing to do.
+            let _ = tx.send(SealedKey::generate(alg, bits, &kek));
+        })
+        .map_err(|_| crypto::CryptoError::Generate(alg))?;
+    rx.await.map_err(|_| crypto::CryptoError::Generate(alg))?
+}
+
 /// Nice 19 for the calling thread only (Linux applies a thread id's priority to that
 /// thread).
 fn lower_priority() {
@@ -238,5 +259,16 @@ mod tests {
             pool.ready(),
             vec![(Algorithm::EdDSA, 2), (Algorithm::ES256, 1)]
         );
+    }
+
+    #[tokio::test]
+    async fn a_key_generated_now_is_sealed_like_a_waiting_one() {
+        let key = generate_at_low_priority(Algorithm::ES256, RsaBits::B2048, kek())
+            .await
+            .expect("generates");
+        assert_eq!(key.alg, Algorithm::ES256);
+        assert_eq!(key.kek_id, "k1");
+        crypto::open(kek().key_bytes(), &key.kid, &key.sealed).expect("opens");
+        assert!(!key.public_jwk.contains("\"d\""));
     }
 }

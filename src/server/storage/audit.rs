@@ -331,8 +331,9 @@ fn by_time(q: &EventQuery) -> bool {
 impl<B: SqlBackend> AuditStore for B {
     async fn list_events(&self, q: &EventQuery) -> Result<Vec<StoredEvent>, StorageError> {
         // Only the filters given go into the SQL, so each shape of query gets a plan that
-        // uses its index ((kind, id), (level, id), (actor, id), (at, id) or the primary
-        // key) and walks it newest first, whatever the table's size.
+        // uses its index ((kind, id), (level, id), (actor, id), the primary key, or for a
+        // time window (at, id) and (kind, at, id), (level, at, id), (actor, at, id)) and
+        // walks it newest first, whatever the table's size.
         let filters = event_filters(q);
         let mut sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE 1 = 1");
         for (n, (condition, _)) in filters.iter().enumerate() {
