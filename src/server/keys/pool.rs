@@ -1,11 +1,11 @@
 //! Keys generated ahead of need, so a rotation's transaction does no generation.
 //!
-//! One thread generates and seals keys at the lowest CPU priority (nice 19) until every
-//! enabled algorithm has `depth` keys waiting; rotations take them. An RSA key costs a
-//! few hundred milliseconds of CPU here: made at nice 19 it yields the core to the
-//! threads serving requests whenever they have work. A rotation that finds the pool
+//! One thread generates and seals keys at the lowest CPU priority (SCHED_IDLE and nice
+//! 19) until every enabled algorithm has `depth` keys waiting; rotations take them. An
+//! RSA key costs 50-120 ms of CPU here: made at that priority it yields the core to the
+//! threads serving requests the moment they have work. A rotation that finds the pool
 //! empty (or runs without one) generates its own key, on a thread of its own at the same
-//! nice 19: on a saturated core the rotation waits for idle time rather than taking it
+//! priority: on a saturated core the rotation waits for idle time rather than taking it
 //! from requests. Waiting keys are sealed with the active KEK exactly like stored ones,
 //! so nothing unsealed is kept.
 
@@ -168,7 +168,7 @@ impl KeyPool {
     }
 }
 
-/// Generates and seals one key now, on a new thread at nice 19 (see the module's
+/// Generates and seals one key now, on a new thread at the lowest priority (see the module's
 /// documentation), for a rotation that found no waiting key.
 pub async fn generate_at_low_priority(
     alg: Algorithm,
@@ -187,9 +187,23 @@ pub async fn generate_at_low_priority(
     rx.await.map_err(|_| crypto::CryptoError::Generate(alg))?
 }
 
-/// Nice 19 for the calling thread only (Linux applies a thread id's priority to that
-/// thread).
+/// The lowest CPU priority for the calling thread only: nice 19 (Linux applies a thread
+/// id's priority to that thread), and the SCHED_IDLE policy. Under nice 19 alone the
+/// scheduler lets a running key generation finish its time slice (milliseconds) before a
+/// request thread that woke up gets the core; a SCHED_IDLE thread is preempted at once.
 fn lower_priority() {
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+        thread_native_id,
+    };
+    if let Err(e) = set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    ) {
+        tracing::debug!(error = ?e, "cannot give the key generator the idle policy");
+    }
+    // After the policy: setting it also resets the nice value.
     let this = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(this), 19) {
         tracing::debug!(error = %e, "cannot lower the key generator's priority");
@@ -209,6 +223,24 @@ mod tests {
         .expect("a valid KEK")
         .active()
         .clone()
+    }
+
+    /// The nice value and scheduling policy of this process's thread named `name`, from
+    /// `/proc/self/task/*/stat` (fields 19 and 41).
+    fn thread_priority_of(name: &str) -> Option<(i64, i64)> {
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let dir = task.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the command name, which is in parentheses: field 3 onwards.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            return Some((fields.get(16)?.parse().ok()?, fields.get(38)?.parse().ok()?));
+        }
+        None
     }
 
     fn wait_full(pool: &KeyPool, depth: usize) {
@@ -251,6 +283,10 @@ mod tests {
         assert!(pool.take(Algorithm::ES256, "k2").is_none());
 
         wait_full(&pool, 2);
+        // The generating thread runs at the lowest priority: SCHED_IDLE (policy 5) and
+        // nice 19, read from the kernel's own account of the thread.
+        let (nice, policy) = thread_priority_of("signet-keygen").expect("the thread runs");
+        assert_eq!((nice, policy), (19, 5));
         pool.stop();
         // Stopped: what was taken is not made again.
         pool.take(Algorithm::ES256, "k1").expect("still there");
