@@ -187,10 +187,10 @@ pub async fn generate_at_low_priority(
     rx.await.map_err(|_| crypto::CryptoError::Generate(alg))?
 }
 
-/// The lowest CPU priority for the calling thread only: nice 19 (Linux applies a thread
-/// id's priority to that thread), and the SCHED_IDLE policy. Under nice 19 alone the
-/// scheduler lets a running key generation finish its time slice (milliseconds) before a
-/// request thread that woke up gets the core; a SCHED_IDLE thread is preempted at once.
+/// The lowest CPU priority for the calling thread only: the SCHED_IDLE policy, which the
+/// kernel preempts as soon as a normal thread wakes, and nice 19 (Linux applies a thread
+/// id's priority to that thread). In `bench/run` neither removed the rotation's effect on
+/// request latency on a saturated core; see the design document.
 fn lower_priority() {
     use thread_priority::unix::{
         NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
