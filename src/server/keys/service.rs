@@ -9,7 +9,7 @@
 //! The service also keeps the [`KeySnapshot`] every request reads, and replaces it when
 //! the stored keys change.
 
-use super::pool;
+use super::pool::SealedKey;
 use super::{Counters, KeyError, KeyPool, KeySnapshot, SLOT_ROTATION, Schedule, ScheduleError};
 use crate::domain::audit::{Level, Trigger, kind};
 use crate::domain::lifecycle::{self, PlanError, Policy};
@@ -735,8 +735,9 @@ impl KeyService {
         Err(KeyError::Busy)
     }
 
-    /// Generates and seals keys: taken from the pool where it has them, otherwise made
-    /// now at the pool's low priority (RSA generation takes long).
+    /// Generates and seals keys: taken from the pool where it has them, otherwise on
+    /// blocking threads at normal priority (RSA generation takes long; a revocation or a
+    /// first start must not wait for idle CPU).
     async fn generate(&self, wanted: &[(Algorithm, KeyState)]) -> Result<Vec<NewKey>, KeyError> {
         let mut out = Vec::with_capacity(wanted.len());
         let kek = self.keyring.active().clone();
@@ -747,7 +748,9 @@ impl KeyService {
             }
             let bits = self.config.rsa_bits;
             let kek = kek.clone();
-            let key = pool::generate_at_low_priority(alg, bits, kek).await?;
+            let key = tokio::task::spawn_blocking(move || SealedKey::generate(alg, bits, &kek))
+                .await
+                .map_err(|_| CryptoError::Generate(alg))??;
             out.push(key.into_new_key(state));
         }
         Ok(out)
