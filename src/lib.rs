@@ -7,6 +7,15 @@
 // Leptos views are deeply nested types; the JWKS page's exceeds the default limit.
 #![recursion_limit = "256"]
 
+// The server and the browser bundle must both be built with `--cfg erase_components`
+// (.cargo/config.toml sets it), or the pages fail to hydrate: a build without it stops here
+// instead of shipping a UI that never comes alive.
+#[cfg(not(erase_components))]
+compile_error!(
+    "Signet is built with `--cfg erase_components` (set in .cargo/config.toml); a RUSTFLAGS \
+     or CARGO_TARGET_<TRIPLE>_RUSTFLAGS setting of your own must include it"
+);
+
 pub mod app;
 pub mod domain;
 #[cfg(feature = "ssr")]
