@@ -168,8 +168,8 @@ impl KeyPool {
 }
 
 /// The lowest CPU priority for the calling thread only: the SCHED_IDLE policy, which the
-/// kernel preempts as soon as a normal thread wakes, or nice 19 where the policy cannot
-/// be set (Linux applies a thread id's priority to that thread). In `bench/run` this did
+/// kernel preempts as soon as a normal thread wakes, and nice 19, which counts only where
+/// the policy cannot be set (Linux applies a thread id's priority to that thread). In `bench/run` this did
 /// not remove the rotation's effect on request latency on a saturated core; see the
 /// design document.
 fn lower_priority() {
