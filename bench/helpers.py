@@ -1,8 +1,11 @@
-"""Measurements bench/run makes in Python: Signet's time to ready, and PyJWT's
-in-process signing rate (the reference for POST /api/v1/sign) and the raw RSA rate of
-the OpenSSL under it. Prints one number."""
+"""Measurements bench/run makes in Python: Signet's time to ready, PyJWT's in-process
+signing rate (the reference for POST /api/v1/sign), the raw RSA rate of the OpenSSL
+under it (each prints one number), and the browser bundle's sizes per page."""
 
+import gzip
 import http.client
+import json
+import os
 import subprocess
 import sys
 import time
@@ -74,6 +77,30 @@ def raw_rsa_rate(seconds):
     print(f"{n / (time.perf_counter() - start):.0f}")
 
 
+def bundle_sizes(pkg):
+    """KiB gzip -9 (each file compressed on its own, as served): the bundle every page
+    loads (signet.wasm, signet.js and the split loader), then, from the split manifest,
+    what each page adds the first time the browser shows it. One line each."""
+
+    def kib(name):
+        with open(os.path.join(pkg, name), "rb") as f:
+            return len(gzip.compress(f.read(), 9)) / 1024
+
+    loaders = [n for n in os.listdir(pkg) if n.startswith("__wasm_split") and n.endswith(".js")]
+    main = kib("signet.wasm") + kib("signet.js") + sum(kib(n) for n in loaders)
+    print(f"  every page: {main:.0f} KiB (of it signet.wasm {kib('signet.wasm'):.0f} KiB)")
+    manifest = os.path.join(pkg, "__wasm_split_manifest.json")
+    if not os.path.exists(manifest):
+        print("  no split manifest: the bundle was built without --split")
+        return
+    with open(manifest) as f:
+        pages = json.load(f)
+    for name, chunks in sorted(pages.items()):
+        extra = sum(kib(c + ".wasm") for c in chunks)
+        page = name.strip("_").split("_route_view")[0]
+        print(f"  {page} page: +{extra:.0f} KiB, {main + extra:.0f} KiB in all")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "ready":
         time_to_ready(sys.argv[2:])
@@ -81,5 +108,7 @@ if __name__ == "__main__":
         pyjwt_rate(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "rsa":
         raw_rsa_rate(sys.argv[2])
+    elif sys.argv[1] == "bundle":
+        bundle_sizes(sys.argv[2])
     else:
         sys.exit(f"unknown measurement {sys.argv[1]}")

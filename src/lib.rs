@@ -21,10 +21,11 @@ pub mod domain;
 #[cfg(feature = "ssr")]
 pub mod server;
 
-/// Browser entry point: attaches the server-rendered page to the wasm app.
+/// Browser entry point: attaches the server-rendered page to the wasm app. The pages are
+/// lazy routes, so hydration waits for the shown page's code (`hydrate_lazy`).
 #[cfg(feature = "hydrate")]
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
     console_error_panic_hook::set_once();
-    leptos::mount::hydrate_body(app::App);
+    leptos::mount::hydrate_lazy(app::App);
 }

@@ -18,7 +18,7 @@ pub mod wire;
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::components::{A, Route, Router, Routes};
-use leptos_router::path;
+use leptos_router::{Lazy, LazyRoute, lazy_route, path};
 use wire::Me;
 
 /// The HTML document around the app. On the server it also sets the page's CSP, whose
@@ -85,17 +85,48 @@ pub fn App() -> impl IntoView {
             <Nav />
             <main id="main">
                 <Routes fallback=pages::NotFound>
-                    <Route path=path!("/") view=overview::OverviewPage />
-                    <Route path=path!("/login") view=auth::LoginPage />
-                    <Route path=path!("/account/password") view=auth::PasswordPage />
-                    <Route path=path!("/config/jwks") view=jwks::JwksPage />
-                    <Route path=path!("/config/schedule") view=schedule::SchedulePage />
-                    <Route path=path!("/events") view=events::EventsPage />
-                    <Route path=path!("/settings") view=settings::SettingsPage />
+                    <Route path=path!("/") view={Lazy::<OverviewRoute>::new()} />
+                    <Route path=path!("/login") view={Lazy::<LoginRoute>::new()} />
+                    <Route path=path!("/account/password") view={Lazy::<PasswordRoute>::new()} />
+                    <Route path=path!("/config/jwks") view={Lazy::<JwksRoute>::new()} />
+                    <Route path=path!("/config/schedule") view={Lazy::<ScheduleRoute>::new()} />
+                    <Route path=path!("/events") view={Lazy::<EventsRoute>::new()} />
+                    <Route path=path!("/settings") view={Lazy::<SettingsRoute>::new()} />
                 </Routes>
             </main>
         </Router>
     }
+}
+
+/// Declares a page as a lazy route. Built with `cargo leptos --split` (as `./dev` builds),
+/// each page's code goes into its own wasm file, which the browser fetches when it first
+/// shows that page; the bundle every page loads holds only the shell, the navigation and
+/// what pages share. A page starts its own data loads when it renders, so `data` is empty.
+macro_rules! lazy_pages {
+    ($($route:ident => $page:path),* $(,)?) => {$(
+        struct $route;
+
+        #[lazy_route]
+        impl LazyRoute for $route {
+            fn data() -> Self {
+                Self
+            }
+
+            fn view(_this: Self) -> AnyView {
+                $page().into_any()
+            }
+        }
+    )*};
+}
+
+lazy_pages! {
+    OverviewRoute => overview::OverviewPage,
+    LoginRoute => auth::LoginPage,
+    PasswordRoute => auth::PasswordPage,
+    JwksRoute => jwks::JwksPage,
+    ScheduleRoute => schedule::SchedulePage,
+    EventsRoute => events::EventsPage,
+    SettingsRoute => settings::SettingsPage,
 }
 
 #[component]

@@ -202,6 +202,14 @@ impl Signer {
         })
     }
 
+    /// Whether one signature takes long enough to belong off the async threads: RSA keys
+    /// above 2048 bits. Measured here (`bench/run`'s primitive rates): a 2048-bit signature
+    /// takes about 0.23 ms, about what handing it to the blocking pool and back costs in
+    /// throughput on a busy core; 3072 bits take about 0.7 ms and 4096 bits 1.6 ms.
+    pub fn is_slow(&self) -> bool {
+        matches!(self, Signer::Rsa(pair, _) if pair.public_modulus_len() > 256)
+    }
+
     /// The JWS signature of `message` (for ECDSA: the fixed-size `r || s` form JWS uses).
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
         match self {

@@ -144,8 +144,13 @@ impl KeyService {
             return Err(jwt::SignError::Unavailable(why.clone()));
         }
         let now = Utc::now();
-        let signed = if alg.is_rsa() {
-            // An RSA signature costs about half a millisecond: keep it off the async threads.
+        let slow = snapshot
+            .signers
+            .get(&alg)
+            .is_some_and(|s| s.signer.is_slow());
+        let signed = if slow {
+            // A signature with a large RSA key takes a millisecond or more: keep it off the
+            // async threads. Faster ones run here, as the handoff would cost about as much.
             let issuer = self.issuer.clone();
             tokio::task::spawn_blocking(move || {
                 jwt::sign(&snapshot, &issuer, claims, alg, ttl, now)
