@@ -1,6 +1,7 @@
 """Measurements bench/run makes in Python: Signet's time to ready, PyJWT's in-process
 signing rate (the reference for POST /api/v1/sign), the raw RSA rate of the OpenSSL
-under it (each prints one number), and the browser bundle's sizes per page."""
+under it (each prints one number), the browser bundle's sizes per page, and the
+rotations run beside the JWKS load."""
 
 import gzip
 import http.client
@@ -101,6 +102,35 @@ def bundle_sizes(pkg):
         print(f"  {page} page: +{extra:.0f} KiB, {main + extra:.0f} KiB in all")
 
 
+def rotate_every(url, token, seconds, interval):
+    """POST /api/v1/keys/rotate every `interval` seconds for `seconds`, on one kept-alive
+    connection, so the client adds no process start-ups to the load generator's core
+    (a curl per rotation did: five forks every 0.5 s beside wrk). Prints "ok failed
+    slowest_ms"."""
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    ok = failed = 0
+    slowest = 0.0
+    start = time.perf_counter()
+    tick = start
+    while tick - start < float(seconds):
+        t0 = time.perf_counter()
+        try:
+            conn.request("POST", "/api/v1/keys/rotate", body="{}", headers=headers)
+            response = conn.getresponse()
+            response.read()
+            ok, failed = (ok + 1, failed) if response.status == 200 else (ok, failed + 1)
+        except OSError:
+            failed += 1
+            conn.close()
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        slowest = max(slowest, (time.perf_counter() - t0) * 1000)
+        tick += float(interval)
+        time.sleep(max(0.0, tick - time.perf_counter()))
+    print(f"{ok} {failed} {slowest:.0f}")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "ready":
         time_to_ready(sys.argv[2:])
@@ -108,6 +138,8 @@ if __name__ == "__main__":
         pyjwt_rate(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "rsa":
         raw_rsa_rate(sys.argv[2])
+    elif sys.argv[1] == "rotate":
+        rotate_every(*sys.argv[2:6])
     elif sys.argv[1] == "bundle":
         bundle_sizes(sys.argv[2])
     else:
