@@ -203,9 +203,11 @@ impl Signer {
     }
 
     /// Whether one signature takes long enough to belong off the async threads: RSA keys
-    /// above 2048 bits. Measured here (`bench/run`'s primitive rates): a 2048-bit signature
-    /// takes about 0.23 ms, about what handing it to the blocking pool and back costs in
-    /// throughput on a busy core; 3072 bits take about 0.7 ms and 4096 bits 1.6 ms.
+    /// above 2048 bits. Measured on one core of the 2-core test machine (2026-12-03): a
+    /// 2048-bit signature takes 0.31 ms (aws-lc-rs, `crypto_rates`; OpenSSL 0.29 ms), short
+    /// enough that the hand-off to the blocking pool and back costs more throughput than it
+    /// saves latency for other requests; 3072 bits take 2.3 ms and 4096 bits 4.6 ms
+    /// (`openssl speed`), long enough to stall every request on that thread.
     pub fn is_slow(&self) -> bool {
         matches!(self, Signer::Rsa(pair, _) if pair.public_modulus_len() > 256)
     }
