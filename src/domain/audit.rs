@@ -140,6 +140,8 @@ pub mod kind {
     pub const KEYS_PRUNED: &str = "keys.pruned";
     /// More rotated keys published than the cap, because tokens they signed are valid.
     pub const KEYS_OVER_CAP: &str = "keys.over_cap";
+    /// Objects on the PKCS#11 token that no key refers to, destroyed by housekeeping.
+    pub const KEYS_ORPHANS_DESTROYED: &str = "keys.orphans_destroyed";
     pub const SCHEDULE_CHANGED: &str = "schedule.changed";
     pub const TOKEN_CREATED: &str = "token.created";
     pub const TOKEN_REVOKED: &str = "token.revoked";
@@ -157,7 +159,7 @@ pub mod kind {
     pub const AUDIT_KEYED: &str = "audit.keyed";
 
     /// Every kind, for the events page's filter.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         KEYS_CREATED,
         KEYS_ROTATED,
         KEYS_REVOKED,
@@ -166,6 +168,7 @@ pub mod kind {
         KEYS_REENCRYPTED,
         KEYS_PRUNED,
         KEYS_OVER_CAP,
+        KEYS_ORPHANS_DESTROYED,
         SCHEDULE_CHANGED,
         TOKEN_CREATED,
         TOKEN_REVOKED,

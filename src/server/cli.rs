@@ -256,11 +256,10 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
 /// PostgreSQL must be), and makes sure every enabled algorithm has its keys.
 async fn open_keys(config: Config) -> anyhow::Result<(Arc<KeyService>, Arc<dyn storage::Storage>)> {
     let (storage, keyring) = start::open(&config, ServeOptions::default()).await?;
-    let keys = Arc::new(KeyService::new(
-        storage.clone(),
-        Arc::new(keyring),
-        Arc::new(config),
-    ));
+    let token = start::open_token(&config)?;
+    let keys = Arc::new(
+        KeyService::new(storage.clone(), Arc::new(keyring), Arc::new(config)).with_token(token),
+    );
     keys.bootstrap(&Actor::cli()).await?;
     Ok((keys, storage))
 }

@@ -7,6 +7,7 @@
 use crate::domain::audit::Level;
 use crate::domain::{AlgorithmList, CronSchedule, Email, Retention, RsaBits};
 use crate::server::crypto::kek::{self, Keyring};
+use crate::server::crypto::pkcs11::{Pin, TokenChoice, TokenConfig};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -39,13 +40,20 @@ pub const SETTINGS: &[&str] = &[
     "event_retention",
     "retired_keys_cap",
     "key_pool",
+    "key_backend",
+    "pkcs11_module",
+    "pkcs11_token",
+    "pkcs11_slot",
+    "pkcs11_pin_file",
+    "pkcs11_pin",
+    "pkcs11_orphan_grace",
 ];
 
 /// Settings whose values are secret and never printed.
-const SECRET_SETTINGS: &[&str] = &["enc_keys"];
+const SECRET_SETTINGS: &[&str] = &["enc_keys", "pkcs11_pin"];
 
 /// `SIGNET_*` variables that are not settings but are still ours.
-const OTHER_ENV: &[&str] = &["SIGNET_CONFIG"];
+const OTHER_ENV: &[&str] = &["SIGNET_CONFIG", "SIGNET_FAULT"];
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +217,23 @@ pub enum KekSource {
     DataDir(PathBuf),
 }
 
+/// Where new keys are generated: sealed under the KEK in the database, or on a PKCS#11
+/// token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyBackend {
+    Software,
+    Pkcs11,
+}
+
+impl fmt::Display for KeyBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyBackend::Software => "software",
+            KeyBackend::Pkcs11 => "pkcs11",
+        })
+    }
+}
+
 /// The effective, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -245,6 +270,15 @@ pub struct Config {
     /// How many keys per enabled algorithm `serve` keeps generated ahead, at low
     /// priority, so a rotation does no generation (0: none).
     pub key_pool: usize,
+    /// Where new keys are generated.
+    pub key_backend: KeyBackend,
+    /// The token, when `pkcs11_module` is set: needed to generate with `key_backend =
+    /// "pkcs11"`, and to keep signing with keys that live on it after switching back.
+    pub pkcs11: Option<TokenConfig>,
+    /// How old an object Signet made on the token must be before housekeeping destroys it
+    /// for being referred to by no key (younger ones may belong to a rotation whose
+    /// transaction has not committed yet).
+    pub pkcs11_orphan_grace: Retention,
     /// The text (secrets already redacted) and source of every setting, for `config check`.
     raw: BTreeMap<&'static str, (String, Source)>,
     /// Things worth telling the operator that do not stop Signet.
@@ -345,6 +379,12 @@ impl Config {
         let enc_key_active = p.field("enc_key_active", "", |s| Ok(s.trim().to_string()));
         let trusted_proxies = p.field("trusted_proxies", "", parse_proxies);
         let log = p.field("log", "info", |s| {
+            // tracing-subscriber 0.3 panics on some non-ASCII directives (a byte index
+            // inside a character, found by `config_from_env_never_panics`); no target or
+            // level name needs anything but ASCII.
+            if !s.is_ascii() {
+                return Err("not a log filter: only ASCII characters are allowed".into());
+            }
             tracing_subscriber::EnvFilter::try_new(s)
                 .map(|_| s.to_string())
                 .map_err(|e| format!("not a log filter: {e}"))
@@ -408,6 +448,17 @@ impl Config {
         let key_pool = p.field("key_pool", "2", |s| match s.trim().parse::<usize>() {
             Ok(n) if n <= 64 => Ok(n),
             _ => Err(format!("'{s}' is not a number of keys between 0 and 64")),
+        });
+        let key_backend = p.field("key_backend", "software", |s| match s.trim() {
+            "software" => Ok(KeyBackend::Software),
+            "pkcs11" => Ok(KeyBackend::Pkcs11),
+            other => Err(format!(
+                "unknown key backend '{other}' (expected software or pkcs11)"
+            )),
+        });
+        let pkcs11 = token_config(&mut p, key_backend);
+        let pkcs11_orphan_grace = p.field("pkcs11_orphan_grace", "10m", |s| {
+            Retention::parse(s).map_err(|e| e.to_string().replace("retention", "the grace period"))
         });
         // Invariant 4 (docs/design.md): a token must never outlive the publication of its key.
         if let (Some(ttl), Some(retention)) = (max_token_ttl, retention)
@@ -487,6 +538,9 @@ impl Config {
             event_retention,
             retired_keys_cap,
             key_pool,
+            key_backend,
+            pkcs11,
+            pkcs11_orphan_grace,
         ) {
             (
                 Some(listen),
@@ -510,6 +564,9 @@ impl Config {
                 Some(event_retention),
                 Some(retired_keys_cap),
                 Some(key_pool),
+                Some(key_backend),
+                Some(pkcs11),
+                Some(pkcs11_orphan_grace),
             ) => Ok(Config {
                 listen,
                 public_url,
@@ -532,6 +589,9 @@ impl Config {
                 event_retention,
                 retired_keys_cap,
                 key_pool,
+                key_backend,
+                pkcs11,
+                pkcs11_orphan_grace,
                 raw,
                 warnings,
             }),
@@ -567,6 +627,97 @@ impl Config {
         };
         out.push_str(&format!("# key-encryption key: {kek}\n"));
         out
+    }
+}
+
+/// The `pkcs11_*` settings: `None` (no token) when `pkcs11_module` is empty, which only
+/// `key_backend = "software"` allows. The outer `None` means an error was recorded.
+fn token_config(p: &mut Parser<'_>, backend: Option<KeyBackend>) -> Option<Option<TokenConfig>> {
+    let module = p.field("pkcs11_module", "", |s| Ok(s.trim().to_string()))?;
+    let label = p.field("pkcs11_token", "", |s| Ok(s.trim().to_string()))?;
+    let slot = p.field("pkcs11_slot", "", |s| match s.trim() {
+        "" => Ok(None),
+        n => n
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| format!("'{n}' is not a slot number")),
+    })?;
+    let pin_file = p.field("pkcs11_pin_file", "", |s| Ok(s.trim().to_string()))?;
+    let pin = p.field("pkcs11_pin", "", |s| Ok(s.to_string()))?;
+    if module.is_empty() {
+        if backend == Some(KeyBackend::Pkcs11) {
+            p.fail(
+                "pkcs11_module",
+                "required when key_backend is pkcs11: the path of the PKCS#11 module, e.g. \
+                 /usr/lib/softhsm/libsofthsm2.so"
+                    .into(),
+            );
+            return None;
+        }
+        return Some(None);
+    }
+    let mut ok = true;
+    if !Path::new(&module).is_file() {
+        p.fail("pkcs11_module", format!("{module} is not a file"));
+        ok = false;
+    }
+    let token = match (label.is_empty(), slot) {
+        (false, None) => Some(TokenChoice::Label(label)),
+        (true, Some(slot)) => Some(TokenChoice::Slot(slot)),
+        (true, None) => {
+            p.fail(
+                "pkcs11_token",
+                "required with pkcs11_module: the label of the token (or set pkcs11_slot)".into(),
+            );
+            None
+        }
+        (false, Some(_)) => {
+            p.fail(
+                "pkcs11_slot",
+                "set pkcs11_token or pkcs11_slot, not both".into(),
+            );
+            None
+        }
+    };
+    let pin = match (pin_file.is_empty(), pin.is_empty()) {
+        (false, true) => match std::fs::read_to_string(&pin_file) {
+            Ok(text) if !text.trim_end_matches(['\r', '\n']).is_empty() => {
+                Some(Pin::new(text.trim_end_matches(['\r', '\n']).to_string()))
+            }
+            Ok(_) => {
+                p.fail("pkcs11_pin_file", format!("{pin_file} is empty"));
+                None
+            }
+            Err(e) => {
+                p.fail("pkcs11_pin_file", format!("cannot read {pin_file}: {e}"));
+                None
+            }
+        },
+        (true, false) => Some(Pin::new(pin)),
+        (true, true) => {
+            p.fail(
+                "pkcs11_pin",
+                "required with pkcs11_module: the user PIN, in SIGNET_PKCS11_PIN or a file \
+                 named by pkcs11_pin_file"
+                    .into(),
+            );
+            None
+        }
+        (false, false) => {
+            p.fail(
+                "pkcs11_pin_file",
+                "set pkcs11_pin_file or SIGNET_PKCS11_PIN, not both".into(),
+            );
+            None
+        }
+    };
+    match (ok, token, pin) {
+        (true, Some(token), Some(pin)) => Some(Some(TokenConfig {
+            module: PathBuf::from(module),
+            token,
+            pin,
+        })),
+        _ => None,
     }
 }
 

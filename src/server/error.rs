@@ -9,6 +9,7 @@ use crate::domain::lifecycle::PlanError;
 use crate::domain::{Algorithm, TextError};
 use crate::server::accounts::admins::AuthError;
 use crate::server::accounts::tokens::TokenError;
+use crate::server::crypto::CryptoError;
 use crate::server::keys::jwt::SignError;
 use crate::server::keys::{KeyError, ScheduleError};
 use crate::server::storage::{StorageError, UNAVAILABLE_MESSAGE};
@@ -90,7 +91,9 @@ impl Classify for KeyError {
             KeyError::Plan(p @ PlanError::NotEnabled(_)) => {
                 Some(Refusal::Invalid("invalid_alg", p.to_string()))
             }
-            KeyError::Busy => Some(Refusal::Unavailable(self.to_string())),
+            KeyError::Busy | KeyError::TokenMissing(_) | KeyError::Crypto(CryptoError::Hsm(_)) => {
+                Some(Refusal::Unavailable(self.to_string()))
+            }
             KeyError::Storage(e) => e.refusal(),
             _ => None,
         }
@@ -151,7 +154,9 @@ impl Classify for SignError {
             SignError::TtlZero | SignError::TtlTooLong { .. } => {
                 Some(Refusal::Invalid("invalid_ttl", m))
             }
-            SignError::Unavailable(_) | SignError::NoActiveKey(_) => Some(Refusal::Unavailable(m)),
+            SignError::Unavailable(_)
+            | SignError::NoActiveKey(_)
+            | SignError::Crypto(CryptoError::Hsm(_)) => Some(Refusal::Unavailable(m)),
             SignError::Crypto(_) => None,
         }
     }

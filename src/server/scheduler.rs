@@ -266,6 +266,7 @@ pub struct HousekeepingReport {
     pub keys_pruned: usize,
     pub sessions_deleted: u64,
     pub events_deleted: u64,
+    pub orphans_destroyed: usize,
 }
 
 /// One housekeeping pass as of `now`. Each part is idempotent and safe to run from every
@@ -293,6 +294,10 @@ pub async fn housekeeping_pass(
     match keys.prune_retired().await {
         Ok(n) => report.keys_pruned = n,
         Err(e) => keep("pruning of retired keys", e.into()),
+    }
+    match keys.destroy_orphans(now).await {
+        Ok(n) => report.orphans_destroyed = n,
+        Err(e) => keep("destroying orphaned token objects", e.into()),
     }
     match storage.prune_sessions(now).await {
         Ok(n) => report.sessions_deleted = n,

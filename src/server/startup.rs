@@ -3,8 +3,9 @@
 
 use crate::server::accounts::{admins, tokens};
 use crate::server::audit::Actor;
-use crate::server::config::{Backend, Config, KekSource};
+use crate::server::config::{Backend, Config, KekSource, KeyBackend};
 use crate::server::crypto::kek::{self, KekError, Keyring};
+use crate::server::crypto::pkcs11::{OpenError, Token};
 use crate::server::keys::{KeyError, KeyService};
 use crate::server::scheduler;
 use crate::server::state::AppState;
@@ -48,6 +49,8 @@ pub enum StartupError {
     Admin(#[from] admins::AuthError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error("PKCS#11 token: {0}")]
+    Token(#[from] OpenError),
 }
 
 fn describe_pending(pending: &[PendingMigration]) -> String {
@@ -75,14 +78,14 @@ impl Application {
         crate::server::files::warn_if_open(&config.data_dir, "data directory");
         let config = Arc::new(config);
         let keyring = Arc::new(keyring);
-        let keys = Arc::new(KeyService::new(
-            storage.clone(),
-            keyring.clone(),
-            config.clone(),
-        ));
+        let token = open_token(&config)?;
+        let keys = Arc::new(
+            KeyService::new(storage.clone(), keyring.clone(), config.clone()).with_token(token),
+        );
         key_audit_log(storage.as_ref()).await?;
         keys.bootstrap(&Actor::system()).await?;
         keys.expire(Utc::now()).await?;
+        keys.destroy_orphans(Utc::now()).await?;
         let first_admin = admins::ensure_first_admin(storage.as_ref(), &config.first_admin_email)
             .await?
             .map(|password| (config.first_admin_email.to_string(), password));
@@ -193,6 +196,22 @@ impl Application {
         storage.close().await;
         served
     }
+}
+
+/// Opens the PKCS#11 token when `pkcs11_module` is set. With `key_backend = "pkcs11"` the
+/// token must be able to do every enabled algorithm; otherwise it is only used for the
+/// keys that already live on it.
+pub fn open_token(config: &Config) -> Result<Option<Arc<Token>>, OpenError> {
+    let Some(token) = &config.pkcs11 else {
+        return Ok(None);
+    };
+    let algorithms: &[crate::domain::Algorithm] = match config.key_backend {
+        KeyBackend::Pkcs11 => config.algorithms.as_slice(),
+        KeyBackend::Software => &[],
+    };
+    let token = Token::open(token, algorithms)?;
+    tracing::info!(token = token.label(), backend = %config.key_backend, "PKCS#11 token open");
+    Ok(Some(Arc::new(token)))
 }
 
 /// What every command that touches the database does first: data directory, KEK,

@@ -11,6 +11,7 @@ mod cli;
 mod crash;
 mod health;
 mod helpers;
+mod hsm;
 mod interop;
 mod keys;
 mod live_tail;

@@ -9,6 +9,7 @@
 
 pub mod kek;
 pub mod pem;
+pub mod pkcs11;
 pub mod seal;
 pub mod signing;
 
@@ -33,6 +34,9 @@ pub enum CryptoError {
         "a sealed private key could not be opened (wrong key-encryption key, or the row was altered)"
     )]
     Open,
+    /// The PKCS#11 module refused an operation (its return code, never key material).
+    #[error("the HSM refused: {0}")]
+    Hsm(String),
 }
 
 /// Lowercase hex of bytes.

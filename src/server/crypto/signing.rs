@@ -36,7 +36,7 @@ pub struct PublicJwk {
 }
 
 impl PublicJwk {
-    fn new(alg: Algorithm, kty: &str) -> Self {
+    pub(super) fn new(alg: Algorithm, kty: &str) -> Self {
         Self {
             kty: kty.to_string(),
             crv: None,
@@ -167,6 +167,12 @@ pub enum Signer {
     Ed25519(Ed25519KeyPair),
     Ecdsa(EcdsaKeyPair),
     Rsa(RsaKeyPair, &'static dyn signature::RsaEncoding),
+    /// A private object on a PKCS#11 token, named by its `CKA_ID` (hex): the token signs.
+    Token {
+        token: std::sync::Arc<super::pkcs11::Token>,
+        alg: Algorithm,
+        id: String,
+    },
 }
 
 impl fmt::Debug for Signer {
@@ -209,7 +215,12 @@ impl Signer {
     /// saves latency for other requests; 3072 bits take 2.3 ms and 4096 bits 4.6 ms
     /// (`openssl speed`), long enough to stall every request on that thread.
     pub fn is_slow(&self) -> bool {
-        matches!(self, Signer::Rsa(pair, _) if pair.public_modulus_len() > 256)
+        match self {
+            Signer::Rsa(pair, _) => pair.public_modulus_len() > 256,
+            // A call into a module: a real HSM answers over a bus or a network.
+            Signer::Token { .. } => true,
+            Signer::Ed25519(_) | Signer::Ecdsa(_) => false,
+        }
     }
 
     /// The JWS signature of `message` (for ECDSA: the fixed-size `r || s` form JWS uses).
@@ -229,6 +240,7 @@ impl Signer {
                     .map_err(|_| CryptoError::Sign)?;
                 Ok(sig)
             }
+            Signer::Token { token, alg, id } => token.sign(*alg, id, message),
         }
     }
 }

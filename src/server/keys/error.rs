@@ -19,6 +19,10 @@ pub enum KeyError {
          (add it to SIGNET_ENC_KEYS)"
     )]
     MissingKek(Kid, String),
+    /// A key lives on a PKCS#11 token this instance cannot use (not configured, or
+    /// another token).
+    #[error("{0}")]
+    TokenMissing(String),
     #[error("the keys kept changing concurrently; try again")]
     Busy,
     #[error("the scheduled slot was already handled by another instance")]

@@ -20,6 +20,8 @@ pub fn listing(keys: &[StoredKey]) -> Value {
                 "revoked_at": info.revoked_at,
                 "expires_at": info.expires_at,
                 "jwk": jwk,
+                "backend": k.backend(),
+                "token": k.hsm_token,
             })
         })
         .collect();

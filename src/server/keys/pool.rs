@@ -48,8 +48,10 @@ impl SealedKey {
             alg: self.alg,
             state,
             public_jwk: self.public_jwk,
-            sealed: self.sealed,
-            kek_id: self.kek_id,
+            sealed: Some(self.sealed),
+            kek_id: Some(self.kek_id),
+            hsm_token: None,
+            hsm_object: None,
         }
     }
 }

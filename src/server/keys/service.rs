@@ -16,8 +16,9 @@ use crate::domain::lifecycle::{self, PlanError, Policy};
 use crate::domain::schedule::DueSlot;
 use crate::domain::{Algorithm, CronSchedule, KeyInfo, KeyState, Kid, Plan, Retention};
 use crate::server::audit::{self, Actor, NewEvent};
-use crate::server::config::Config;
+use crate::server::config::{Config, KeyBackend};
 use crate::server::crypto::kek::Keyring;
+use crate::server::crypto::pkcs11::Token;
 use crate::server::crypto::{self, CryptoError, Signer};
 use crate::server::keys::jwt;
 use crate::server::storage::{
@@ -71,6 +72,8 @@ pub struct KeyService {
     lag: std::sync::Mutex<Option<Lag>>,
     /// Keys generated ahead of need (`serve` only; see [`KeyService::start_pool`]).
     pool: OnceLock<Arc<KeyPool>>,
+    /// The PKCS#11 token, when one is configured (`pkcs11_module`).
+    token: Option<Arc<Token>>,
     /// What this process rotated and revoked, for `/metrics`.
     pub counters: Counters,
 }
@@ -103,9 +106,22 @@ impl KeyService {
             lag: std::sync::Mutex::new(None),
             counters: Default::default(),
             pool: OnceLock::new(),
+            token: None,
             issuer: config.issuer().into(),
             config,
         }
+    }
+
+    /// Uses `token` for keys on a PKCS#11 token: to generate them (with `key_backend =
+    /// "pkcs11"`), sign with them and destroy them.
+    pub fn with_token(mut self, token: Option<Arc<Token>>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// The configured token, if any.
+    pub fn token(&self) -> Option<&Arc<Token>> {
+        self.token.as_ref()
     }
 
     /// Signs `claims` with the active key of `alg` (default: the first enabled algorithm)
@@ -662,8 +678,32 @@ impl KeyService {
             .and_then(|lag| lag.map(|l| l.since.elapsed()))
     }
 
-    /// Opens and parses the private half of an active key.
+    /// Opens and parses the private half of an active key; for a key on a token, checks
+    /// that this instance has that token.
     fn open_signer(&self, key: &StoredKey) -> Result<Signer, KeyError> {
+        if let Some(label) = &key.hsm_token {
+            let id = key.hsm_object.clone().ok_or_else(|| {
+                StorageError::Corrupt(format!("active key {} names no token object", key.info.kid))
+            })?;
+            return match &self.token {
+                Some(token) if token.label() == label => Ok(Signer::Token {
+                    token: token.clone(),
+                    alg: key.info.alg,
+                    id,
+                }),
+                Some(token) => Err(KeyError::TokenMissing(format!(
+                    "key {} lives on token '{label}', but this instance has token '{}' \
+                     (pkcs11_token)",
+                    key.info.kid,
+                    token.label()
+                ))),
+                None => Err(KeyError::TokenMissing(format!(
+                    "key {} lives on token '{label}', but no PKCS#11 token is configured \
+                     (pkcs11_module)",
+                    key.info.kid
+                ))),
+            };
+        }
         let (Some(sealed), Some(kek_id)) = (&key.sealed, &key.kek_id) else {
             return Err(StorageError::Corrupt(format!(
                 "active key {} has no private key",
@@ -693,18 +733,15 @@ impl KeyService {
     {
         for _ in 0..MAX_ATTEMPTS {
             let now = run.at.unwrap_or_else(audit::now);
-            let keys: Vec<KeyInfo> = self
-                .storage
-                .list_keys()
-                .await?
-                .into_iter()
-                .map(|k| k.info)
-                .collect();
+            let stored = self.storage.list_keys().await?;
+            let keys: Vec<KeyInfo> = stored.iter().map(|k| k.info.clone()).collect();
             let plan = plan(&keys, now)?;
             if plan.is_empty() {
                 return Ok(None);
             }
             let new_keys = self.generate(&plan.generate).await?;
+            #[cfg(debug_assertions)]
+            fault_after_token_generation(&new_keys);
             let kids = plan
                 .transitions
                 .iter()
@@ -720,7 +757,22 @@ impl KeyService {
                 new_keys,
                 claim: run.claim.clone(),
             };
-            match self.storage.apply_key_change(&change).await {
+            let applied = self.storage.apply_key_change(&change).await;
+            if applied.is_ok() {
+                // The rows no longer name the token objects of keys that just ended.
+                let ended = plan
+                    .transitions
+                    .iter()
+                    .filter(|t| matches!(t.to, KeyState::Revoked | KeyState::Expired))
+                    .filter_map(|t| stored.iter().find(|k| k.info.kid == t.kid))
+                    .filter_map(|k| k.hsm_object.clone());
+                self.destroy_objects(ended.collect()).await;
+            } else {
+                // Nothing refers to the objects generated for a change that did not happen.
+                let unused = change.new_keys.iter().filter_map(|k| k.hsm_object.clone());
+                self.destroy_objects(unused.collect()).await;
+            }
+            match applied {
                 Ok(()) => {
                     tracing::info!(
                         transitions = change.transitions.len(),
@@ -744,6 +796,9 @@ impl KeyService {
     /// blocking threads at normal priority (RSA generation takes long; a revocation or a
     /// first start must not wait for idle CPU).
     async fn generate(&self, wanted: &[(Algorithm, KeyState)]) -> Result<Vec<NewKey>, KeyError> {
+        if self.config.key_backend == KeyBackend::Pkcs11 {
+            return self.generate_on_token(wanted).await;
+        }
         let mut out = Vec::with_capacity(wanted.len());
         let kek = self.keyring.active().clone();
         for &(alg, state) in wanted {
@@ -761,9 +816,156 @@ impl KeyService {
         Ok(out)
     }
 
+    /// Generates keys on the token (on blocking threads: a module call may wait on a
+    /// device). If one fails, the ones already made are destroyed again.
+    async fn generate_on_token(
+        &self,
+        wanted: &[(Algorithm, KeyState)],
+    ) -> Result<Vec<NewKey>, KeyError> {
+        let token = self.token.clone().ok_or_else(|| {
+            KeyError::TokenMissing("key_backend is pkcs11, but no token is open".into())
+        })?;
+        let mut out: Vec<NewKey> = Vec::with_capacity(wanted.len());
+        for &(alg, state) in wanted {
+            let bits = self.config.rsa_bits;
+            let t = token.clone();
+            let made = tokio::task::spawn_blocking(move || t.generate(alg, bits))
+                .await
+                .map_err(|_| CryptoError::Generate(alg))
+                .and_then(|r| r);
+            let key = match made {
+                Ok(key) => key,
+                Err(e) => {
+                    self.destroy_objects(out.iter().filter_map(|k| k.hsm_object.clone()).collect())
+                        .await;
+                    return Err(e.into());
+                }
+            };
+            let public_jwk = serde_json::to_string(&key.jwk)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            let kid = key.jwk.thumbprint();
+            out.push(NewKey {
+                kid,
+                alg,
+                state,
+                public_jwk,
+                sealed: None,
+                kek_id: None,
+                hsm_token: Some(token.label().to_string()),
+                hsm_object: Some(key.id),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Destroys token objects no row refers to any more. A failure is logged, not
+    /// returned: the change it follows stands, and housekeeping finds the object later.
+    async fn destroy_objects(&self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let Some(token) = self.token.clone() else {
+            tracing::warn!(
+                objects = ids.len(),
+                "keys on a PKCS#11 token ended, but no token is configured to destroy them"
+            );
+            return;
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            for id in ids {
+                if let Err(e) = token.destroy(&id) {
+                    tracing::warn!(error = %e, object = %id, "cannot destroy a token object");
+                }
+            }
+        })
+        .await;
+        if done.is_err() {
+            tracing::warn!("destroying token objects stopped early");
+        }
+    }
+
+    /// Housekeeping (and start): destroys the objects Signet made on the token that no key
+    /// refers to, once they are older than `pkcs11_orphan_grace`: left by a crash between
+    /// generation and commit, or by a destruction that failed after a key ended. Writes
+    /// `keys.orphans_destroyed`. Safe on every instance at once (destroying an object
+    /// that is already gone is not an error).
+    pub async fn destroy_orphans(&self, now: DateTime<Utc>) -> Result<usize, KeyError> {
+        let Some(token) = self.token.clone() else {
+            return Ok(0);
+        };
+        // The keys first, the objects after: an object made and committed in between is
+        // younger than the grace period, so it is left alone.
+        let live: std::collections::HashSet<String> = self
+            .storage
+            .list_keys()
+            .await?
+            .into_iter()
+            .filter(|k| k.hsm_token.as_deref() == Some(token.label()))
+            .filter_map(|k| k.hsm_object)
+            .collect();
+        let grace = i64::try_from(self.config.pkcs11_orphan_grace.as_secs()).unwrap_or(i64::MAX);
+        let t = token.clone();
+        let objects = tokio::task::spawn_blocking(move || t.objects())
+            .await
+            .map_err(|_| CryptoError::Hsm("listing the token's objects stopped".into()))??;
+        let orphans: Vec<String> = objects
+            .into_iter()
+            .filter(|o| !live.contains(&o.id))
+            .filter(|o| {
+                o.created_unix()
+                    .is_none_or(|c| now.timestamp() - c >= grace)
+            })
+            .map(|o| o.id)
+            .collect();
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        let t = token.clone();
+        let ids = orphans.clone();
+        let destroyed = tokio::task::spawn_blocking(move || {
+            ids.into_iter()
+                .filter(|id| match t.destroy(id) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, object = %id, "cannot destroy an orphaned token object");
+                        false
+                    }
+                })
+                .collect::<Vec<String>>()
+        })
+        .await
+        .map_err(|_| CryptoError::Hsm("destroying orphaned objects stopped".into()))?;
+        if destroyed.is_empty() {
+            return Ok(0);
+        }
+        let ev = event(
+            Level::Warning,
+            kind::KEYS_ORPHANS_DESTROYED,
+            &Actor::scheduler(),
+            Vec::new(),
+            Some(format!(
+                "objects on token '{}' that no key refers to (a key change that never \
+                 committed, or a destruction that failed)",
+                token.label()
+            )),
+            serde_json::json!({ "token": token.label(), "objects": destroyed }),
+        );
+        self.storage.append_event(&ev).await?;
+        tracing::warn!(
+            count = destroyed.len(),
+            token = token.label(),
+            "orphaned token objects destroyed"
+        );
+        Ok(destroyed.len())
+    }
+
     /// Starts generating `key_pool` keys per enabled algorithm ahead of need, at low
-    /// priority (once; `serve` calls it).
+    /// priority (once; `serve` calls it). Not with `key_backend = "pkcs11"`: keys made on a
+    /// token ahead of need would outlive an exit as orphans.
     pub fn start_pool(&self) -> std::io::Result<()> {
+        if self.config.key_backend == KeyBackend::Pkcs11 {
+            return Ok(());
+        }
         if self.config.key_pool == 0 || self.pool.get().is_some() {
             return Ok(());
         }
@@ -789,6 +991,19 @@ impl KeyService {
     /// How many keys of each enabled algorithm wait in the pool (empty without one).
     pub fn pool_ready(&self) -> Vec<(Algorithm, usize)> {
         self.pool.get().map(|p| p.ready()).unwrap_or_default()
+    }
+}
+
+/// Fault injection for the tests, in debug builds only: with
+/// `SIGNET_FAULT=abort-after-token-generation`, the process aborts once it has generated
+/// keys on the token and before it commits them, as a crash there would.
+#[cfg(debug_assertions)]
+fn fault_after_token_generation(new_keys: &[NewKey]) {
+    if new_keys.iter().any(|k| k.hsm_object.is_some())
+        && std::env::var("SIGNET_FAULT").as_deref() == Ok("abort-after-token-generation")
+    {
+        eprintln!("signet: SIGNET_FAULT: aborting after generating keys on the token");
+        std::process::abort();
     }
 }
 

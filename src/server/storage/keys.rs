@@ -48,8 +48,9 @@ pub trait KeyStore: Send + Sync {
     ) -> Result<Vec<String>, StorageError>;
 }
 
-/// A signing key as stored: metadata, public JWK, and the sealed private half (gone once
-/// the key is revoked or expired).
+/// A signing key as stored: metadata, public JWK, and where the private half is (gone
+/// once the key is revoked or expired): sealed in the row (`software`), or an object on a
+/// PKCS#11 token (`pkcs11`).
 #[derive(Clone)]
 pub struct StoredKey {
     pub info: KeyInfo,
@@ -57,6 +58,21 @@ pub struct StoredKey {
     pub sealed: Option<Vec<u8>>,
     pub kek_id: Option<String>,
     pub revoke_reason: Option<String>,
+    /// The label of the token that holds (or held) the private half.
+    pub hsm_token: Option<String>,
+    /// The private object's `CKA_ID` in hex, while the key lives.
+    pub hsm_object: Option<String>,
+}
+
+impl StoredKey {
+    /// `software` or `pkcs11`: where the private half lives.
+    pub fn backend(&self) -> &'static str {
+        if self.hsm_token.is_some() {
+            "pkcs11"
+        } else {
+            "software"
+        }
+    }
 }
 
 impl std::fmt::Debug for StoredKey {
@@ -65,19 +81,24 @@ impl std::fmt::Debug for StoredKey {
             .field("info", &self.info)
             .field("kek_id", &self.kek_id)
             .field("sealed", &self.sealed.as_ref().map(|_| "REDACTED"))
+            .field("hsm_token", &self.hsm_token)
+            .field("hsm_object", &self.hsm_object)
             .finish()
     }
 }
 
-/// A freshly generated key to insert, already sealed.
+/// A freshly generated key to insert: sealed (`sealed` and `kek_id`), or on a token
+/// (`hsm_token` and `hsm_object`).
 #[derive(Clone)]
 pub struct NewKey {
     pub kid: Kid,
     pub alg: Algorithm,
     pub state: KeyState,
     pub public_jwk: String,
-    pub sealed: Vec<u8>,
-    pub kek_id: String,
+    pub sealed: Option<Vec<u8>>,
+    pub kek_id: Option<String>,
+    pub hsm_token: Option<String>,
+    pub hsm_object: Option<String>,
 }
 
 /// Everything one lifecycle operation writes, in one transaction: state transitions (each
@@ -112,7 +133,8 @@ pub struct Resealed {
 }
 
 const KEY_COLUMNS: &str = "kid, alg, state, public_jwk, private_sealed, kek_id, created_at, \
-     activated_at, rotated_at, revoked_at, expires_at, last_token_exp, revoke_reason";
+     activated_at, rotated_at, revoked_at, expires_at, last_token_exp, revoke_reason, \
+     hsm_token, hsm_object";
 
 /// Decodes a `signing_keys` row selected with [`KEY_COLUMNS`].
 fn key_from_row<DB: Dialect>(row: &DB::Row) -> Result<StoredKey, StorageError> {
@@ -135,6 +157,8 @@ fn key_from_row<DB: Dialect>(row: &DB::Row) -> Result<StoredKey, StorageError> {
         sealed: row.col("private_sealed")?,
         kek_id: row.col("kek_id")?,
         revoke_reason: row.col("revoke_reason")?,
+        hsm_token: row.col("hsm_token")?,
+        hsm_object: row.col("hsm_object")?,
     })
 }
 
@@ -169,7 +193,8 @@ async fn transition_tx<DB: Dialect>(
              WHEN $1 = 'expired' AND (expires_at IS NULL OR expires_at > $2) THEN $2 \
              ELSE expires_at END, \
            private_sealed = CASE WHEN $5 THEN NULL ELSE private_sealed END, \
-           kek_id = CASE WHEN $5 THEN NULL ELSE kek_id END \
+           kek_id = CASE WHEN $5 THEN NULL ELSE kek_id END, \
+           hsm_object = CASE WHEN $5 THEN NULL ELSE hsm_object END \
          WHERE kid = $6 AND state = $7",
     )
     .arg(t.to.as_str())
@@ -196,17 +221,19 @@ async fn insert_key_tx<DB: Dialect>(
     let activated = (k.state == KeyState::Active).then_some(now);
     sqlx::query(
         "INSERT INTO signing_keys (kid, alg, state, public_jwk, private_sealed, \
-           kek_id, created_at, activated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+           kek_id, created_at, activated_at, hsm_token, hsm_object) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .arg(k.kid.as_str())
     .arg(k.alg.as_str())
     .arg(k.state.as_str())
     .arg(&k.public_jwk)
-    .arg(&k.sealed)
-    .arg(&k.kek_id)
+    .arg(k.sealed.as_ref())
+    .arg(k.kek_id.as_deref())
     .arg(now)
     .arg(activated)
+    .arg(k.hsm_token.as_deref())
+    .arg(k.hsm_object.as_deref())
     .exec(&mut *tx)
     .await
     // The one-active/one-next indexes: someone else bootstrapped or rotated first.

@@ -213,6 +213,7 @@ pub(super) trait Dialect:
     + for<'q> Bind<'q, String>
     + for<'q> Bind<'q, Option<&'q str>>
     + for<'q> Bind<'q, &'q Vec<u8>>
+    + for<'q> Bind<'q, Option<&'q Vec<u8>>>
     + for<'q> Bind<'q, i64>
     + for<'q> Bind<'q, bool>
     + for<'q> Bind<'q, DateTime<Utc>>

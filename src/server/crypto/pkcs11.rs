@@ -1,0 +1,581 @@
+//! Signing keys on a PKCS#11 token (`key_backend = "pkcs11"`): generated there as
+//! sensitive, non-extractable private objects, used there to sign, destroyed there.
+//!
+//! Signet never sees a private key of this backend. The database keeps the object's
+//! `CKA_ID` and the public JWK; the public half exists on the token only for the moment it
+//! takes to read it after generation. Every object Signet makes is labelled
+//! `signet:<unix seconds of creation>`, so housekeeping can tell its own objects, and their
+//! age, from anything else on the token.
+//!
+//! Sessions are pooled, up to one per core. The login state of PKCS#11 belongs to the
+//! application, not to one session: the first session logs in, later ones inherit it. An
+//! operation that fails because the session or the login was lost drops the pooled
+//! sessions, logs in again on a fresh one and retries once.
+
+use super::{CryptoError, PublicJwk};
+use crate::domain::{Algorithm, RsaBits};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::{AuthPin, Ulong};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The prefix of every object label Signet writes.
+pub const LABEL_PREFIX: &str = "signet:";
+
+/// DER of the named curve P-256 (OID 1.2.840.10045.3.1.7), for `CKA_EC_PARAMS`.
+const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// DER of id-Ed25519 (OID 1.3.101.112), for `CKA_EC_PARAMS`.
+const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+
+/// Which token to use: the one with this label, or the one in this slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenChoice {
+    Label(String),
+    Slot(u64),
+}
+
+impl fmt::Display for TokenChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenChoice::Label(l) => write!(f, "token '{l}'"),
+            TokenChoice::Slot(s) => write!(f, "the token in slot {s}"),
+        }
+    }
+}
+
+/// The user PIN. Never printed.
+#[derive(Clone)]
+pub struct Pin(zeroize::Zeroizing<String>);
+
+impl Pin {
+    pub fn new(pin: String) -> Self {
+        Self(zeroize::Zeroizing::new(pin))
+    }
+
+    fn auth(&self) -> AuthPin {
+        AuthPin::new(self.0.as_str().into())
+    }
+}
+
+impl fmt::Debug for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pin(REDACTED)")
+    }
+}
+
+/// The `pkcs11_*` settings.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub module: PathBuf,
+    pub token: TokenChoice,
+    pub pin: Pin,
+}
+
+/// Why the token cannot be opened, naming the setting to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("pkcs11_module: cannot load {}: {reason}", path.display())]
+    Module { path: PathBuf, reason: String },
+    #[error("pkcs11_token: no {choice} (tokens present: {present})")]
+    NoToken {
+        choice: TokenChoice,
+        present: String,
+    },
+    #[error("pkcs11_pin: the token refused the PIN ({0})")]
+    Pin(String),
+    #[error("algorithms: token '{token}' cannot do {alg}: it lacks {missing}")]
+    Unsupported {
+        token: String,
+        alg: Algorithm,
+        missing: String,
+    },
+    #[error("pkcs11: {0}")]
+    Other(String),
+}
+
+/// An object on the token that Signet made: its `CKA_ID` (hex) and label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenObject {
+    pub id: String,
+    pub label: String,
+}
+
+impl TokenObject {
+    /// When the object was made, from its label (`None` for a label Signet did not write).
+    pub fn created_unix(&self) -> Option<i64> {
+        self.label.strip_prefix(LABEL_PREFIX)?.parse().ok()
+    }
+}
+
+/// A key pair freshly generated on the token.
+#[derive(Debug)]
+pub struct TokenKey {
+    /// Hex of the private object's `CKA_ID`.
+    pub id: String,
+    pub jwk: PublicJwk,
+}
+
+/// An open, logged-in token.
+pub struct Token {
+    ctx: Pkcs11,
+    slot: Slot,
+    label: String,
+    pin: Pin,
+    idle: Mutex<Vec<Session>>,
+    max_idle: usize,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("label", &self.label)
+            .field("slot", &self.slot.id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether an error means the session or the login is gone (worth one fresh try).
+fn lost(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::UserNotLoggedIn
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::CryptokiNotInitialized,
+            _
+        )
+    )
+}
+
+fn hsm(e: CkError) -> CryptoError {
+    CryptoError::Hsm(e.to_string())
+}
+
+/// The mechanisms an algorithm needs: to generate its keys, and to sign.
+fn mechanisms(alg: Algorithm) -> [MechanismType; 2] {
+    match alg {
+        Algorithm::EdDSA => [
+            MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
+            MechanismType::EDDSA,
+        ],
+        Algorithm::ES256 => [MechanismType::ECC_KEY_PAIR_GEN, MechanismType::ECDSA],
+        Algorithm::RS256 => [
+            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+            MechanismType::SHA256_RSA_PKCS,
+        ],
+        Algorithm::RS384 => [
+            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+            MechanismType::SHA384_RSA_PKCS,
+        ],
+        Algorithm::RS512 => [
+            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+            MechanismType::SHA512_RSA_PKCS,
+        ],
+        Algorithm::PS256 => [
+            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+            MechanismType::SHA256_RSA_PKCS_PSS,
+        ],
+    }
+}
+
+/// The signing mechanism of `alg` (ECDSA signs a SHA-256 digest the caller computes).
+fn sign_mechanism(alg: Algorithm) -> Mechanism<'static> {
+    match alg {
+        Algorithm::EdDSA => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+        Algorithm::ES256 => Mechanism::Ecdsa,
+        Algorithm::RS256 => Mechanism::Sha256RsaPkcs,
+        Algorithm::RS384 => Mechanism::Sha384RsaPkcs,
+        Algorithm::RS512 => Mechanism::Sha512RsaPkcs,
+        Algorithm::PS256 => Mechanism::Sha256RsaPkcsPss(PkcsPssParams {
+            hash_alg: MechanismType::SHA256,
+            mgf: PkcsMgfType::MGF1_SHA256,
+            s_len: Ulong::new(32),
+        }),
+    }
+}
+
+/// Strips the DER OCTET STRING around an EC point, if there is one (PKCS#11 asks for
+/// it; some modules return the bare point).
+fn ec_point(raw: &[u8], len: usize) -> Option<&[u8]> {
+    if raw.len() == len {
+        return Some(raw);
+    }
+    match raw {
+        [0x04, n, rest @ ..] if usize::from(*n) == len && rest.len() == len => Some(rest),
+        _ => None,
+    }
+}
+
+impl Token {
+    /// Loads the module, finds the token and logs in. Checks that the token can do every
+    /// algorithm in `algorithms`.
+    pub fn open(config: &TokenConfig, algorithms: &[Algorithm]) -> Result<Self, OpenError> {
+        let module_error = |reason: String| OpenError::Module {
+            path: config.module.clone(),
+            reason,
+        };
+        if !Path::new(&config.module).is_file() {
+            return Err(module_error("no such file".into()));
+        }
+        let ctx = Pkcs11::new(&config.module).map_err(|e| module_error(e.to_string()))?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(module_error(format!("C_Initialize failed: {e}"))),
+        }
+        let slots = ctx
+            .get_slots_with_token()
+            .map_err(|e| OpenError::Other(format!("cannot list the slots: {e}")))?;
+        let mut present = Vec::new();
+        let mut found = None;
+        for slot in slots {
+            let Ok(info) = ctx.get_token_info(slot) else {
+                continue;
+            };
+            let label = info.label().trim().to_string();
+            let wanted = match &config.token {
+                TokenChoice::Label(l) => *l == label,
+                TokenChoice::Slot(id) => *id == slot.id(),
+            };
+            if wanted && found.is_none() {
+                found = Some((slot, label.clone()));
+            }
+            present.push(format!("'{label}' in slot {}", slot.id()));
+        }
+        let Some((slot, label)) = found else {
+            return Err(OpenError::NoToken {
+                choice: config.token.clone(),
+                present: if present.is_empty() {
+                    "none".into()
+                } else {
+                    present.join(", ")
+                },
+            });
+        };
+        let available = ctx
+            .get_mechanism_list(slot)
+            .map_err(|e| OpenError::Other(format!("cannot list the mechanisms: {e}")))?;
+        for &alg in algorithms {
+            let missing: Vec<String> = mechanisms(alg)
+                .iter()
+                .filter(|m| !available.contains(m))
+                .map(|m| m.to_string())
+                .collect();
+            if !missing.is_empty() {
+                return Err(OpenError::Unsupported {
+                    token: label,
+                    alg,
+                    missing: missing.join(" and "),
+                });
+            }
+        }
+        let token = Self {
+            ctx,
+            slot,
+            label,
+            pin: config.pin.clone(),
+            idle: Mutex::new(Vec::new()),
+            max_idle: std::thread::available_parallelism().map_or(2, usize::from),
+        };
+        let session = token.login().map_err(|e| match e {
+            CkError::Pkcs11(
+                RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange,
+                _,
+            ) => OpenError::Pin(e.to_string()),
+            CkError::Pkcs11(RvError::PinLocked, _) => {
+                OpenError::Pin(format!("{e}: the user PIN is locked"))
+            }
+            other => OpenError::Other(format!("cannot log in to '{}': {other}", token.label)),
+        })?;
+        token.give_back(session);
+        Ok(token)
+    }
+
+    /// The token's label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// A new read-write session, logged in (the application's login, if there is one
+    /// already, covers it).
+    fn login(&self) -> Result<Session, CkError> {
+        let session = self.ctx.open_rw_session(self.slot)?;
+        match session.login(UserType::User, Some(&self.pin.auth())) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn give_back(&self, session: Session) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.max_idle
+        {
+            idle.push(session);
+        }
+    }
+
+    /// Runs `op` on a pooled session. When the session or the login was lost, starts over
+    /// once on a fresh, logged-in session.
+    fn with_session<T>(&self, op: impl Fn(&Session) -> Result<T, CkError>) -> Result<T, CkError> {
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let session = match pooled {
+            Some(s) => s,
+            None => self.login()?,
+        };
+        match op(&session) {
+            Ok(v) => {
+                self.give_back(session);
+                Ok(v)
+            }
+            Err(e) if lost(&e) => {
+                drop(session);
+                if let Ok(mut idle) = self.idle.lock() {
+                    idle.clear();
+                }
+                let fresh = self.login()?;
+                let v = op(&fresh)?;
+                self.give_back(fresh);
+                Ok(v)
+            }
+            Err(e) => {
+                self.give_back(session);
+                Err(e)
+            }
+        }
+    }
+
+    /// Generates a key pair for `alg` on the token. The private object is a token object,
+    /// private, sensitive and not extractable; the public object is a session object,
+    /// destroyed as soon as its values are read.
+    pub fn generate(&self, alg: Algorithm, bits: RsaBits) -> Result<TokenKey, CryptoError> {
+        let mut id = vec![0u8; 16];
+        aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut id)
+            .map_err(|_| CryptoError::Generate(alg))?;
+        let label = format!("{LABEL_PREFIX}{}", chrono::Utc::now().timestamp());
+        let private = vec![
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Id(id.clone()),
+            Attribute::Label(label.clone().into_bytes()),
+        ];
+        let mut public = vec![Attribute::Token(false), Attribute::Verify(true)];
+        let (mechanism, read) = match alg {
+            Algorithm::EdDSA => {
+                public.push(Attribute::EcParams(ED25519_PARAMS.to_vec()));
+                (
+                    Mechanism::EccEdwardsKeyPairGen,
+                    vec![AttributeType::EcPoint],
+                )
+            }
+            Algorithm::ES256 => {
+                public.push(Attribute::EcParams(P256_PARAMS.to_vec()));
+                (Mechanism::EccKeyPairGen, vec![AttributeType::EcPoint])
+            }
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 => {
+                public.push(Attribute::ModulusBits(Ulong::new(u64::from(bits.bits()))));
+                public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+                (
+                    Mechanism::RsaPkcsKeyPairGen,
+                    vec![AttributeType::Modulus, AttributeType::PublicExponent],
+                )
+            }
+        };
+        let values = self
+            .with_session(|s| {
+                let (pub_handle, _private) = s.generate_key_pair(&mechanism, &public, &private)?;
+                let values = s.get_attributes(pub_handle, &read);
+                let _ = s.destroy_object(pub_handle);
+                values
+            })
+            .map_err(hsm)?;
+        let kty = match alg {
+            Algorithm::EdDSA => "OKP",
+            Algorithm::ES256 => "EC",
+            _ => "RSA",
+        };
+        let mut jwk = PublicJwk::new(alg, kty);
+        for value in values {
+            match value {
+                Attribute::EcPoint(raw) if alg == Algorithm::EdDSA => {
+                    let x = ec_point(&raw, 32).ok_or(CryptoError::Generate(alg))?;
+                    jwk.crv = Some("Ed25519".into());
+                    jwk.x = Some(B64.encode(x));
+                }
+                Attribute::EcPoint(raw) => {
+                    let point = ec_point(&raw, 65).ok_or(CryptoError::Generate(alg))?;
+                    if point[0] != 0x04 {
+                        return Err(CryptoError::Generate(alg));
+                    }
+                    jwk.crv = Some("P-256".into());
+                    jwk.x = Some(B64.encode(&point[1..33]));
+                    jwk.y = Some(B64.encode(&point[33..65]));
+                }
+                Attribute::Modulus(n) => {
+                    let start = n.iter().position(|b| *b != 0).unwrap_or(n.len());
+                    jwk.n = Some(B64.encode(&n[start..]));
+                }
+                Attribute::PublicExponent(e) => {
+                    let start = e.iter().position(|b| *b != 0).unwrap_or(e.len());
+                    jwk.e = Some(B64.encode(&e[start..]));
+                }
+                _ => {}
+            }
+        }
+        if jwk.x.is_none() && jwk.n.is_none() {
+            return Err(CryptoError::Generate(alg));
+        }
+        jwk.kid = jwk.thumbprint().to_string();
+        Ok(TokenKey {
+            id: super::hex(&id),
+            jwk,
+        })
+    }
+
+    /// The private object with this `CKA_ID` (hex), if the token has it.
+    fn find(&self, session: &Session, id: &[u8]) -> Result<Option<ObjectHandle>, CkError> {
+        let found = session.find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(id.to_vec()),
+        ])?;
+        Ok(found.first().copied())
+    }
+
+    /// Signs `message` with the private object `id` (hex). For ES256 the token signs the
+    /// SHA-256 digest and returns `r || s`, the form JWS uses.
+    pub fn sign(&self, alg: Algorithm, id: &str, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let id = unhex(id).ok_or(CryptoError::Sign)?;
+        let digest;
+        let data = if alg == Algorithm::ES256 {
+            digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
+            digest.as_ref()
+        } else {
+            message
+        };
+        let mechanism = sign_mechanism(alg);
+        self.with_session(|s| {
+            let Some(key) = self.find(s, &id)? else {
+                return Err(CkError::Pkcs11(
+                    RvError::KeyHandleInvalid,
+                    cryptoki::context::Function::FindObjects,
+                ));
+            };
+            s.sign(&mechanism, key, data)
+        })
+        .map_err(hsm)
+    }
+
+    /// Whether the token holds the private object `id` (hex).
+    pub fn has(&self, id: &str) -> Result<bool, CryptoError> {
+        let id = unhex(id).ok_or(CryptoError::Sign)?;
+        self.with_session(|s| self.find(s, &id).map(|h| h.is_some()))
+            .map_err(hsm)
+    }
+
+    /// Destroys the private object `id` (hex). Destroying one that is already gone is not
+    /// an error.
+    pub fn destroy(&self, id: &str) -> Result<(), CryptoError> {
+        let id = unhex(id).ok_or(CryptoError::Sign)?;
+        self.with_session(|s| match self.find(s, &id)? {
+            Some(handle) => s.destroy_object(handle),
+            None => Ok(()),
+        })
+        .map_err(hsm)
+    }
+
+    /// Every private object on the token with Signet's label prefix.
+    pub fn objects(&self) -> Result<Vec<TokenObject>, CryptoError> {
+        self.with_session(|s| {
+            let handles = s.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])?;
+            let mut out = Vec::new();
+            for h in handles {
+                let attrs = s.get_attributes(h, &[AttributeType::Id, AttributeType::Label])?;
+                let (mut id, mut label) = (None, None);
+                for a in attrs {
+                    match a {
+                        Attribute::Id(v) => id = Some(super::hex(&v)),
+                        Attribute::Label(v) => {
+                            label = Some(String::from_utf8_lossy(&v).into_owned())
+                        }
+                        _ => {}
+                    }
+                }
+                if let (Some(id), Some(label)) = (id, label)
+                    && label.starts_with(LABEL_PREFIX)
+                {
+                    out.push(TokenObject { id, label });
+                }
+            }
+            Ok(out)
+        })
+        .map_err(hsm)
+    }
+}
+
+/// Bytes of a lowercase or uppercase hex string.
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ec_points_are_read_with_or_without_their_octet_string() {
+        let bare = [7u8; 32];
+        let mut wrapped = vec![0x04, 32];
+        wrapped.extend_from_slice(&bare);
+        assert_eq!(ec_point(&bare, 32), Some(&bare[..]));
+        assert_eq!(ec_point(&wrapped, 32), Some(&bare[..]));
+        assert_eq!(ec_point(&wrapped[..20], 32), None);
+    }
+
+    #[test]
+    fn hex_round_trips_and_rejects_odd_or_foreign_text() {
+        let bytes = [0x00, 0xab, 0x10, 0xff];
+        assert_eq!(unhex(&super::super::hex(&bytes)), Some(bytes.to_vec()));
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+
+    #[test]
+    fn labels_carry_the_creation_time() {
+        let o = TokenObject {
+            id: "00".into(),
+            label: format!("{LABEL_PREFIX}1700000000"),
+        };
+        assert_eq!(o.created_unix(), Some(1_700_000_000));
+        let foreign = TokenObject {
+            id: "00".into(),
+            label: "someone else".into(),
+        };
+        assert_eq!(foreign.created_unix(), None);
+    }
+
+    #[test]
+    fn a_pin_never_prints() {
+        let pin = Pin::new("123456".into());
+        assert!(!format!("{pin:?}").contains("123456"));
+    }
+}

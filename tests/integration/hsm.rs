@@ -1,0 +1,613 @@
+//! Keys on a PKCS#11 token (`key_backend = "pkcs11"`), against the real SoftHSM2: every
+//! test makes its own token in a temporary directory (`SOFTHSM2_CONF`), runs the real
+//! `signet serve` on it, and looks at the token with OpenSC's `pkcs11-tool`, a PKCS#11
+//! client that is not Signet.
+
+use crate::helpers::{BACKENDS, Backend, ServeProcess, TestDb, cli_token, run_signet};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const LABEL: &str = "signet-test";
+const PIN: &str = "246810";
+/// Every algorithm Signet has; SoftHSM2 2.6 can do them all.
+const ALGS: [&str; 6] = ["EdDSA", "ES256", "RS256", "RS384", "RS512", "PS256"];
+
+/// A SoftHSM2 token of one test's own.
+struct SoftHsm {
+    dir: tempfile::TempDir,
+}
+
+impl SoftHsm {
+    /// Initialises a token labelled [`LABEL`] with user PIN [`PIN`]; `extra` goes into
+    /// the configuration file (e.g. `slots.mechanisms = ...`).
+    fn new(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        std::fs::write(
+            dir.path().join("softhsm2.conf"),
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n{extra}\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        let hsm = Self { dir };
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", hsm.conf())
+            .args(["--init-token", "--free", "--label", LABEL])
+            .args(["--so-pin", "13579", "--pin", PIN])
+            .output()
+            .expect("softhsm2-util runs (./dev test installs softhsm2)");
+        assert!(
+            out.status.success(),
+            "init token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        hsm
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+
+    /// The environment of a server that keeps its keys on this token.
+    fn env(&self, db: &TestDb) -> Vec<(String, String)> {
+        let mut env = db.env();
+        env.extend([
+            ("SOFTHSM2_CONF".into(), self.conf().display().to_string()),
+            ("SIGNET_KEY_BACKEND".into(), "pkcs11".into()),
+            ("SIGNET_PKCS11_MODULE".into(), MODULE.into()),
+            ("SIGNET_PKCS11_TOKEN".into(), LABEL.into()),
+            ("SIGNET_PKCS11_PIN".into(), PIN.into()),
+            ("SIGNET_ALGORITHMS".into(), ALGS.join(",")),
+        ]);
+        env
+    }
+
+    fn tool(&self, args: &[&str]) -> std::process::Output {
+        Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", self.conf())
+            .args([
+                "--module",
+                MODULE,
+                "--token-label",
+                LABEL,
+                "--login",
+                "--pin",
+                PIN,
+            ])
+            .args(args)
+            .output()
+            .expect("pkcs11-tool runs (./dev test installs opensc)")
+    }
+
+    /// The `CKA_ID`s (hex) of the private keys on the token.
+    fn private_ids(&self) -> BTreeSet<String> {
+        let out = self.tool(&["--list-objects", "--type", "privkey"]);
+        assert!(
+            out.status.success(),
+            "list objects: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("ID:"))
+            .map(|id| id.trim().to_lowercase())
+            .collect()
+    }
+}
+
+/// The `hsm_object` of every key that should still have a private half (next, active,
+/// rotated), from the database.
+async fn live_objects(db: &TestDb) -> BTreeSet<String> {
+    let mut live = BTreeSet::new();
+    let url = &db.url;
+    let ids: Vec<(String, Option<String>)> = if db.is_postgres() {
+        use sqlx::{Connection as _, Row as _};
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query("SELECT state, hsm_object FROM signing_keys")
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    } else {
+        use sqlx::{Connection as _, Row as _};
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query("SELECT state, hsm_object FROM signing_keys")
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    for (state, object) in ids {
+        match state.as_str() {
+            "next" | "active" | "rotated" => {
+                live.insert(object.expect("a live key names its token object"));
+            }
+            _ => assert!(object.is_none(), "an ended key still names its object"),
+        }
+    }
+    live
+}
+
+/// Asserts the token holds exactly the objects of the live keys.
+async fn token_matches_database(hsm: &SoftHsm, db: &TestDb, step: &str) {
+    let live = live_objects(db).await;
+    assert_eq!(
+        hsm.private_ids(),
+        live,
+        "{step}: token objects vs live keys"
+    );
+}
+
+struct Server {
+    process: ServeProcess,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Server {
+    async fn post(&self, path: &str, body: Value) -> (reqwest::StatusCode, Value) {
+        let res = self
+            .http
+            .post(format!("{}{path}", self.process.url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn keys(&self) -> Vec<Value> {
+        let res: Value = self
+            .http
+            .get(format!("{}/api/v1/keys", self.process.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        res["keys"].as_array().unwrap().clone()
+    }
+
+    /// Signs one token per algorithm.
+    async fn sign_all(&self) -> Vec<String> {
+        let mut tokens = Vec::new();
+        for alg in ALGS {
+            let (status, body) = self
+                .post(
+                    "/api/v1/sign",
+                    json!({"claims": {"sub": format!("hsm-{alg}")}, "alg": alg, "ttl": 300}),
+                )
+                .await;
+            assert_eq!(status, 200, "sign {alg}: {body}");
+            tokens.push(body["token"].as_str().unwrap().to_string());
+        }
+        tokens
+    }
+
+    /// PyJWT and jose, each against the live JWKS: whether each token verifies.
+    async fn verify(&self, tokens: &[String]) -> Vec<(bool, bool)> {
+        let jwks = format!("{}/.well-known/jwks.json", self.process.url);
+        let discovery: Value = self
+            .http
+            .get(format!(
+                "{}/.well-known/openid-configuration",
+                self.process.url
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let issuer = discovery["issuer"].as_str().unwrap().to_string();
+        let end2end = Path::new(env!("CARGO_MANIFEST_DIR")).join("end2end");
+        let python = std::env::var("INTEROP_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| end2end.join(".venv/bin/python"));
+        let run = |mut cmd: tokio::process::Command| {
+            let (jwks, issuer) = (jwks.clone(), issuer.clone());
+            async move {
+                let out = cmd
+                    .arg(jwks)
+                    .arg(issuer)
+                    .args(tokens)
+                    .output()
+                    .await
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8(out.stdout)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap()["valid"] == true)
+                    .collect::<Vec<bool>>()
+            }
+        };
+        let mut py = tokio::process::Command::new(python);
+        py.arg(end2end.join("interop/verify_pyjwt.py"));
+        let mut node = tokio::process::Command::new("node");
+        node.arg(end2end.join("interop/verify_jose.mjs"));
+        let (a, b) = (run(py).await, run(node).await);
+        a.into_iter().zip(b).collect()
+    }
+}
+
+async fn start(hsm: &SoftHsm, db: &TestDb, log: &Path) -> Server {
+    let env = hsm.env(db);
+    let process =
+        ServeProcess::start(&env, &["--migrate"], std::fs::File::create(log).unwrap()).await;
+    let token = cli_token(&env, "hsm-test", &["sign", "keys:read", "keys:write"]).await;
+    Server {
+        process,
+        http: reqwest::Client::new(),
+        token,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsm_lifecycle_keeps_private_keys_on_the_token() {
+    for backend in BACKENDS {
+        lifecycle_on(backend).await;
+    }
+}
+
+async fn lifecycle_on(backend: Backend) {
+    let hsm = SoftHsm::new("");
+    let db = TestDb::new(backend).await;
+    let log = db.data_dir.path().join("serve.log");
+    let server = start(&hsm, &db, &log).await;
+    let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // Bootstrap: an active and a next key per algorithm, all on the token.
+    let keys = server.keys().await;
+    assert_eq!(keys.len(), ALGS.len() * 2, "{}", show_log());
+    assert!(
+        keys.iter()
+            .all(|k| k["backend"] == "pkcs11" && k["token"] == LABEL),
+        "{keys:?}"
+    );
+    token_matches_database(&hsm, &db, "bootstrap").await;
+    assert_eq!(hsm.private_ids().len(), ALGS.len() * 2);
+
+    // Tokens the token signed verify in both clients, for every algorithm.
+    let first = server.sign_all().await;
+    assert!(
+        server.verify(&first).await.iter().all(|(p, j)| *p && *j),
+        "{}",
+        show_log()
+    );
+
+    // Rotate: the old active key stays (rotated), a fresh next key joins.
+    let (status, body) = server.post("/api/v1/keys/rotate", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    token_matches_database(&hsm, &db, "rotate").await;
+    assert_eq!(hsm.private_ids().len(), ALGS.len() * 3);
+    let second = server.sign_all().await;
+    let all: Vec<String> = first.iter().chain(&second).cloned().collect();
+    assert!(server.verify(&all).await.iter().all(|(p, j)| *p && *j));
+
+    // Revoke one rotated key: its object leaves the token with it.
+    let keys = server.keys().await;
+    let rotated = keys
+        .iter()
+        .find(|k| k["state"] == "rotated" && k["alg"] == "ES256")
+        .unwrap();
+    let kid = rotated["kid"].as_str().unwrap();
+    let (status, body) = server
+        .post(
+            &format!("/api/v1/keys/{kid}/revoke"),
+            json!({"reason": "hsm test"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    token_matches_database(&hsm, &db, "revoke").await;
+    assert_eq!(hsm.private_ids().len(), ALGS.len() * 3 - 1);
+    let verdicts = server.verify(&first).await;
+    assert_eq!(
+        verdicts[1],
+        (false, false),
+        "ES256 token of the revoked key"
+    );
+    assert!(verdicts[0].0 && verdicts[0].1, "EdDSA token still verifies");
+
+    // Rotate and revoke EdDSA: the active and next objects go, fresh ones come.
+    let before = hsm.private_ids();
+    let (status, body) = server
+        .post(
+            "/api/v1/keys/rotate",
+            json!({"alg": "EdDSA", "revoke": true, "reason": "suspected compromise"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    token_matches_database(&hsm, &db, "rotate and revoke").await;
+    let after = hsm.private_ids();
+    assert_eq!(
+        before.difference(&after).count(),
+        2,
+        "two objects destroyed"
+    );
+    assert_eq!(after.difference(&before).count(), 2, "two objects made");
+
+    // Expiry: a rotated key whose publication has ended (moved into the past here) is
+    // expired by the watcher, and its object destroyed.
+    let (rotated_at, expires_at) = if db.is_postgres() {
+        ("'2000-01-01 00:00:00+00'", "'2000-01-01 01:00:00+00'")
+    } else {
+        ("'2000-01-01T00:00:00Z'", "'2000-01-01T01:00:00Z'")
+    };
+    db.execute(&format!(
+        "UPDATE signing_keys SET rotated_at = {rotated_at}, expires_at = {expires_at}, \
+         last_token_exp = NULL WHERE state = 'rotated' AND alg = 'RS256'"
+    ))
+    .await
+    .unwrap();
+    db.execute("UPDATE key_version SET version = version + 1")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let keys = server.keys().await;
+        let rs256: Vec<&Value> = keys.iter().filter(|k| k["alg"] == "RS256").collect();
+        if rs256.iter().any(|k| k["state"] == "expired") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the RS256 key did not expire: {rs256:?}\n{}",
+            show_log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    token_matches_database(&hsm, &db, "expiry").await;
+
+    // The private keys cannot be read off the token (asked by a child process of this
+    // test binary, which has the token's SOFTHSM2_CONF), and the database holds none.
+    let ids: Vec<String> = hsm.private_ids().into_iter().collect();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "hsm::hsm_probe_private_values_are_refused"])
+        .args(["--ignored", "--nocapture", "--test-threads", "1"])
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .env("HSM_PROBE_IDS", ids.join(","))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "probe: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = db.dump_tables(&["signing_keys"]).await;
+    for row in &dump["signing_keys"] {
+        assert!(
+            !row.contains("PRIVATE") && !row.contains("\"d\""),
+            "a row carries private material: {row}"
+        );
+    }
+    server.process.sigkill().await;
+    assert_no_sealed_keys(&db).await;
+}
+
+/// Run by the lifecycle test in a child process (the token's `SOFTHSM2_CONF` is only in
+/// that child's environment): asks the token for the private values of each object in
+/// `HSM_PROBE_IDS` with `C_GetAttributeValue`, and expects a refusal.
+#[test]
+#[ignore = "a child process of hsm_lifecycle_keeps_private_keys_on_the_token"]
+fn hsm_probe_private_values_are_refused() {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
+    use cryptoki::session::UserType;
+    let ids = std::env::var("HSM_PROBE_IDS").expect("HSM_PROBE_IDS");
+    let ctx = Pkcs11::new(MODULE).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == LABEL)
+        .unwrap();
+    let session = ctx.open_ro_session(slot).unwrap();
+    session
+        .login(
+            UserType::User,
+            Some(&cryptoki::types::AuthPin::new(PIN.into())),
+        )
+        .unwrap();
+    let private = [
+        AttributeType::Value,
+        AttributeType::PrivateExponent,
+        AttributeType::Prime1,
+        AttributeType::Prime2,
+    ];
+    let mut probed = 0;
+    for id in ids.split(',') {
+        let bytes: Vec<u8> = (0..id.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&id[i..i + 2], 16).unwrap())
+            .collect();
+        let found = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Id(bytes),
+            ])
+            .unwrap();
+        assert_eq!(found.len(), 1, "object {id}");
+        let info = session.get_attribute_info(found[0], &private).unwrap();
+        assert!(
+            info.iter()
+                .all(|i| matches!(i, AttributeInfo::Sensitive | AttributeInfo::TypeInvalid)),
+            "object {id} gives out a private value: {info:?}"
+        );
+        assert!(
+            info.iter().any(|i| matches!(i, AttributeInfo::Sensitive)),
+            "{id}: {info:?}"
+        );
+        // The values themselves: the module must refuse them too.
+        assert!(
+            session
+                .get_attributes(
+                    found[0],
+                    &[AttributeType::PrivateExponent, AttributeType::Value]
+                )
+                .map(|a| a.is_empty())
+                .unwrap_or(true),
+            "object {id}: private values returned"
+        );
+        let flags = session
+            .get_attributes(
+                found[0],
+                &[AttributeType::Extractable, AttributeType::Sensitive],
+            )
+            .unwrap();
+        assert!(flags.contains(&Attribute::Extractable(false)), "{flags:?}");
+        assert!(flags.contains(&Attribute::Sensitive(true)), "{flags:?}");
+        probed += 1;
+    }
+    assert!(probed > 0);
+}
+
+/// No row has a sealed private half or a KEK: a pkcs11 key never had one.
+async fn assert_no_sealed_keys(db: &TestDb) {
+    use sqlx::{Connection as _, Row as _};
+    let sql =
+        "SELECT COUNT(*) FROM signing_keys WHERE private_sealed IS NOT NULL OR kek_id IS NOT NULL";
+    let n: i64 = if db.is_postgres() {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query(sql).fetch_one(&mut c).await.unwrap().get(0)
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::query(sql).fetch_one(&mut c).await.unwrap().get(0)
+    };
+    assert_eq!(n, 0);
+}
+
+/// Runs `signet serve`, which must stop on its own within 30 s; returns its stderr.
+async fn serve_fails(env: &[(String, String)]) -> String {
+    let mut cmd = tokio::process::Command::from(crate::helpers::signet_command(env));
+    cmd.arg("serve").kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output())
+        .await
+        .expect("serve stopped within 30 s")
+        .unwrap();
+    assert!(!out.status.success(), "serve started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn hsm_misconfiguration_stops_the_start_naming_the_setting() {
+    let hsm = SoftHsm::new("");
+    let db = TestDb::new(Backend::Sqlite).await;
+    let with = |name: &str, value: &str| {
+        let mut env = hsm.env(&db);
+        env.retain(|(k, _)| k != name);
+        env.push((name.to_string(), value.to_string()));
+        env
+    };
+    let cases = [
+        (with("SIGNET_PKCS11_PIN", "000000"), "pkcs11_pin"),
+        (
+            with("SIGNET_PKCS11_MODULE", "/usr/lib/softhsm/no-such-module.so"),
+            "pkcs11_module",
+        ),
+        (with("SIGNET_PKCS11_TOKEN", "no-such-token"), "pkcs11_token"),
+    ];
+    for (env, setting) in cases {
+        let stderr = serve_fails(&env).await;
+        assert!(stderr.contains(setting), "{setting} not named: {stderr}");
+    }
+
+    // A token without EdDSA cannot serve an EdDSA key set. (SoftHSM2 2.6 ignores "-"
+    // entries in `slots.mechanisms`, so the token gets every mechanism but EdDSA's.)
+    let limited = SoftHsm::new(
+        "slots.mechanisms = CKM_RSA_PKCS_KEY_PAIR_GEN,CKM_SHA256_RSA_PKCS,\
+         CKM_SHA384_RSA_PKCS,CKM_SHA512_RSA_PKCS,CKM_SHA256_RSA_PKCS_PSS,CKM_EC_KEY_PAIR_GEN,\
+         CKM_ECDSA",
+    );
+    let stderr = serve_fails(&limited.env(&db)).await;
+    assert!(
+        stderr.contains("algorithms") && stderr.contains("EdDSA"),
+        "unsupported algorithm not named: {stderr}"
+    );
+
+    // The PIN never shows, not even in `config check`.
+    let out = run_signet(&hsm.env(&db), &["config", "check"]).await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("pkcs11_pin") && !text.contains(PIN), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsm_a_crash_between_generation_and_commit_leaves_orphans_that_housekeeping_destroys() {
+    let hsm = SoftHsm::new("");
+    let db = TestDb::new(Backend::Sqlite).await;
+
+    // The first start generates every key on the token and dies before committing them.
+    let mut faulty = hsm.env(&db);
+    faulty.push(("SIGNET_FAULT".into(), "abort-after-token-generation".into()));
+    let stderr = serve_fails(&faulty).await;
+    assert!(stderr.contains("SIGNET_FAULT"), "{stderr}");
+    let orphans = hsm.private_ids();
+    assert_eq!(
+        orphans.len(),
+        ALGS.len() * 2,
+        "one object per generated key"
+    );
+    assert!(live_objects(&db).await.is_empty(), "nothing was committed");
+
+    // The next start finds them older than the grace period and destroys them.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut env = hsm.env(&db);
+    env.push(("SIGNET_PKCS11_ORPHAN_GRACE".into(), "1s".into()));
+    let log = db.data_dir.path().join("serve.log");
+    let process =
+        ServeProcess::start(&env, &["--migrate"], std::fs::File::create(&log).unwrap()).await;
+    token_matches_database(&hsm, &db, "after the restart").await;
+    assert!(hsm.private_ids().is_disjoint(&orphans), "orphans left");
+
+    let secret = cli_token(&env, "orphans", &["audit:read"]).await;
+    let events: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/events?kind=keys.orphans_destroyed",
+            process.url
+        ))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = events["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["level"], "warning");
+    assert_eq!(events[0]["details"]["token"], LABEL);
+    let destroyed: BTreeSet<String> = events[0]["details"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(destroyed, orphans);
+    process.sigkill().await;
+}
