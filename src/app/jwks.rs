@@ -343,7 +343,10 @@ fn KeyTable(
                                         <span class=badge>{k.state.clone()}</span>
                                         {reason.map(|r| view! { <div class="muted small">{format!("Reason: {r}")}</div> })}
                                     </td>
-                                    <td data-label="Key id"><code class="kid" title=k.kid.clone()>{short}</code></td>
+                                    <td data-label="Key id">
+                                        <code class="kid" title=k.kid.clone()>{short}</code>
+                                        <div class="muted small held-in">{k.held_in.clone()}</div>
+                                    </td>
                                     <td data-label="Created">{k.created_at}</td>
                                     <td data-label="Activated">{dash(k.activated_at)}</td>
                                     <td data-label="Rotated">{dash(k.rotated_at)}</td>

@@ -193,6 +193,7 @@ mod tests {
             expires_at: None,
             revoke_reason: None,
             jwk: String::new(),
+            held_in: "software".into(),
             created_ts: created,
             activated_ts: activated,
             rotated_ts: rotated,

@@ -48,6 +48,8 @@ pub struct KeyView {
     pub revoke_reason: Option<String>,
     /// The public JWK, pretty-printed (public members only).
     pub jwk: String,
+    /// Where the private half lives (or lived): `software`, or `HSM token 'LABEL'`.
+    pub held_in: String,
     pub created_ts: i64,
     pub activated_ts: Option<i64>,
     pub rotated_ts: Option<i64>,
@@ -74,6 +76,10 @@ impl From<&crate::server::storage::StoredKey> for KeyView {
             expires_at: i.expires_at.map(fmt),
             revoke_reason: k.revoke_reason.clone(),
             jwk,
+            held_in: match &k.hsm_token {
+                Some(label) => format!("HSM token '{label}'"),
+                None => "software".into(),
+            },
             created_ts: i.created_at.timestamp(),
             activated_ts: i.activated_at.map(|t| t.timestamp()),
             rotated_ts: i.rotated_at.map(|t| t.timestamp()),

@@ -84,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Work with the PKCS#11 token of the pkcs11_* settings.
+    Hsm {
+        #[command(subcommand)]
+        command: HsmCommand,
+    },
     /// Show the automatic-rotation schedule, or change it.
     Schedule {
         #[command(subcommand)]
@@ -135,6 +140,14 @@ enum AdminCommand {
     /// Give an admin a new one-time password (printed alone on stdout) and end their
     /// sessions.
     ResetPassword { email: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum HsmCommand {
+    /// Open the module and log in; then, for every enabled algorithm, check the token's
+    /// mechanisms and sign a test message with a throwaway key, verified in software.
+    /// Prints pass or FAIL per algorithm; exits 1 if any fails. Stores nothing.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,6 +214,9 @@ pub async fn run() -> ExitCode {
         Command::Admin {
             command: AdminCommand::ResetPassword { email },
         } => admin_reset(config, email).await,
+        Command::Hsm {
+            command: HsmCommand::Check,
+        } => hsm_check(config).await,
         Command::Schedule { command } => match command.unwrap_or(ScheduleCommand::Show) {
             ScheduleCommand::Show => schedule_show(config).await,
             ScheduleCommand::Set { cron, retention } => {
@@ -296,6 +312,53 @@ async fn revoke(config: Config, kid: String, reason: String) -> anyhow::Result<(
     Ok(())
 }
 
+/// Needs neither the database nor the key-encryption key.
+async fn hsm_check(config: Config) -> anyhow::Result<()> {
+    use crate::server::crypto::pkcs11::{Token, mechanism_names};
+    let Some(settings) = config.pkcs11.clone() else {
+        anyhow::bail!("pkcs11_module is not set: there is no token to check");
+    };
+    let algorithms = config.algorithms.as_slice().to_vec();
+    let bits = config.rsa_bits;
+    let (opened, results) = tokio::task::spawn_blocking(move || {
+        let token = Token::open(&settings, &[])?;
+        let opened = format!(
+            "module {}: loaded\ntoken '{}' in slot {}: logged in",
+            settings.module.display(),
+            token.label(),
+            token.slot_id()
+        );
+        let results: Vec<_> = algorithms
+            .iter()
+            .map(|&alg| (alg, token.self_test(alg, bits)))
+            .collect();
+        Ok::<_, anyhow::Error>((opened, results))
+    })
+    .await??;
+    println!("{opened}");
+    let mut failed = 0;
+    for (alg, result) in &results {
+        match result {
+            Ok(()) => println!(
+                "{alg:<6} pass  {}: a throwaway key signed, and the signature verified",
+                mechanism_names(*alg)
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("{alg:<6} FAIL  {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} enabled algorithms cannot be used on this token",
+            results.len()
+        );
+    }
+    eprintln!("signet: the token can do every enabled algorithm");
+    Ok(())
+}
+
 /// Read-only: needs no key-encryption key.
 async fn keys(config: Config, json: bool) -> anyhow::Result<()> {
     let storage = start::open_storage(&config, ServeOptions::default()).await?;
@@ -307,8 +370,8 @@ async fn keys(config: Config, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
         println!(
-            "{:<7} {:<8} {:<44} {:<20} PUBLISHED UNTIL",
-            "ALG", "STATE", "KID", "CREATED"
+            "{:<7} {:<8} {:<44} {:<20} {:<9} PUBLISHED UNTIL",
+            "ALG", "STATE", "KID", "CREATED", "BACKEND"
         );
         for k in &list {
             let until = match k.info.state {
@@ -321,11 +384,12 @@ async fn keys(config: Config, json: bool) -> anyhow::Result<()> {
                 _ => "not published".into(),
             };
             println!(
-                "{:<7} {:<8} {:<44} {:<20} {}",
+                "{:<7} {:<8} {:<44} {:<20} {:<9} {}",
                 k.info.alg,
                 k.info.state,
                 k.info.kid,
                 k.info.created_at.format("%Y-%m-%d %H:%M"),
+                k.backend(),
                 until
             );
         }

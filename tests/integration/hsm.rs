@@ -286,6 +286,37 @@ async fn lifecycle_on(backend: Backend) {
     token_matches_database(&hsm, &db, "bootstrap").await;
     assert_eq!(hsm.private_ids().len(), ALGS.len() * 2);
 
+    // `signet hsm check` passes every algorithm and leaves nothing on the token.
+    let out = run_signet(&hsm.env(&db), &["hsm", "check"]).await;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for alg in ALGS {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with(alg) && l.contains(" pass ")),
+            "{alg}: {report}"
+        );
+    }
+    token_matches_database(&hsm, &db, "after hsm check").await;
+    let metrics = server
+        .http
+        .get(format!("{}/metrics", server.process.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("signet_hsm_errors_total{{token=\"{LABEL}\"}} 0")),
+        "{metrics}"
+    );
+
     // Tokens the token signed verify in both clients, for every algorithm.
     let first = server.sign_all().await;
     assert!(
@@ -544,6 +575,21 @@ async fn hsm_misconfiguration_stops_the_start_naming_the_setting() {
     assert!(
         stderr.contains("algorithms") && stderr.contains("EdDSA"),
         "unsupported algorithm not named: {stderr}"
+    );
+    let out = run_signet(&limited.env(&db), &["hsm", "check"]).await;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("EdDSA") && l.contains("FAIL")),
+        "{report}"
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("ES256") && l.contains(" pass ")),
+        "{report}"
     );
 
     // The PIN never shows, not even in `config check`.

@@ -28,6 +28,7 @@ use cryptoki::types::{AuthPin, Ulong};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The prefix of every object label Signet writes.
 pub const LABEL_PREFIX: &str = "signet:";
@@ -133,6 +134,8 @@ pub struct Token {
     pin: Pin,
     idle: Mutex<Vec<Session>>,
     max_idle: usize,
+    /// Operations the module refused, for `/metrics`.
+    errors: AtomicU64,
 }
 
 impl fmt::Debug for Token {
@@ -189,6 +192,12 @@ fn mechanisms(alg: Algorithm) -> [MechanismType; 2] {
             MechanismType::SHA256_RSA_PKCS_PSS,
         ],
     }
+}
+
+/// The mechanisms of `alg`, by name, for messages.
+pub fn mechanism_names(alg: Algorithm) -> String {
+    let [generate, sign] = mechanisms(alg);
+    format!("{generate} and {sign}")
 }
 
 /// The signing mechanism of `alg` (ECDSA signs a SHA-256 digest the caller computes).
@@ -288,6 +297,7 @@ impl Token {
             pin: config.pin.clone(),
             idle: Mutex::new(Vec::new()),
             max_idle: std::thread::available_parallelism().map_or(2, usize::from),
+            errors: AtomicU64::new(0),
         };
         let session = token.login().map_err(|e| match e {
             CkError::Pkcs11(
@@ -306,6 +316,16 @@ impl Token {
     /// The token's label.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The slot the token is in.
+    pub fn slot_id(&self) -> u64 {
+        self.slot.id()
+    }
+
+    /// How many operations the module refused since the start.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
     }
 
     /// A new read-write session, logged in (the application's login, if there is one
@@ -329,6 +349,17 @@ impl Token {
     /// Runs `op` on a pooled session. When the session or the login was lost, starts over
     /// once on a fresh, logged-in session.
     fn with_session<T>(&self, op: impl Fn(&Session) -> Result<T, CkError>) -> Result<T, CkError> {
+        let result = self.try_with_session(op);
+        if result.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn try_with_session<T>(
+        &self,
+        op: impl Fn(&Session) -> Result<T, CkError>,
+    ) -> Result<T, CkError> {
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let session = match pooled {
             Some(s) => s,
@@ -360,90 +391,68 @@ impl Token {
     /// private, sensitive and not extractable; the public object is a session object,
     /// destroyed as soon as its values are read.
     pub fn generate(&self, alg: Algorithm, bits: RsaBits) -> Result<TokenKey, CryptoError> {
-        let mut id = vec![0u8; 16];
-        aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut id)
-            .map_err(|_| CryptoError::Generate(alg))?;
-        let label = format!("{LABEL_PREFIX}{}", chrono::Utc::now().timestamp());
-        let private = vec![
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::Id(id.clone()),
-            Attribute::Label(label.clone().into_bytes()),
-        ];
-        let mut public = vec![Attribute::Token(false), Attribute::Verify(true)];
-        let (mechanism, read) = match alg {
-            Algorithm::EdDSA => {
-                public.push(Attribute::EcParams(ED25519_PARAMS.to_vec()));
-                (
-                    Mechanism::EccEdwardsKeyPairGen,
-                    vec![AttributeType::EcPoint],
-                )
-            }
-            Algorithm::ES256 => {
-                public.push(Attribute::EcParams(P256_PARAMS.to_vec()));
-                (Mechanism::EccKeyPairGen, vec![AttributeType::EcPoint])
-            }
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 => {
-                public.push(Attribute::ModulusBits(Ulong::new(u64::from(bits.bits()))));
-                public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
-                (
-                    Mechanism::RsaPkcsKeyPairGen,
-                    vec![AttributeType::Modulus, AttributeType::PublicExponent],
-                )
-            }
-        };
+        let id = random_id(alg)?;
+        let template = Template::new(alg, bits, &id, true);
         let values = self
             .with_session(|s| {
-                let (pub_handle, _private) = s.generate_key_pair(&mechanism, &public, &private)?;
-                let values = s.get_attributes(pub_handle, &read);
-                let _ = s.destroy_object(pub_handle);
+                let (public, _private) =
+                    s.generate_key_pair(&template.mechanism, &template.public, &template.private)?;
+                let values = s.get_attributes(public, &template.read);
+                let _ = s.destroy_object(public);
                 values
             })
             .map_err(hsm)?;
-        let kty = match alg {
-            Algorithm::EdDSA => "OKP",
-            Algorithm::ES256 => "EC",
-            _ => "RSA",
-        };
-        let mut jwk = PublicJwk::new(alg, kty);
-        for value in values {
-            match value {
-                Attribute::EcPoint(raw) if alg == Algorithm::EdDSA => {
-                    let x = ec_point(&raw, 32).ok_or(CryptoError::Generate(alg))?;
-                    jwk.crv = Some("Ed25519".into());
-                    jwk.x = Some(B64.encode(x));
-                }
-                Attribute::EcPoint(raw) => {
-                    let point = ec_point(&raw, 65).ok_or(CryptoError::Generate(alg))?;
-                    if point[0] != 0x04 {
-                        return Err(CryptoError::Generate(alg));
-                    }
-                    jwk.crv = Some("P-256".into());
-                    jwk.x = Some(B64.encode(&point[1..33]));
-                    jwk.y = Some(B64.encode(&point[33..65]));
-                }
-                Attribute::Modulus(n) => {
-                    let start = n.iter().position(|b| *b != 0).unwrap_or(n.len());
-                    jwk.n = Some(B64.encode(&n[start..]));
-                }
-                Attribute::PublicExponent(e) => {
-                    let start = e.iter().position(|b| *b != 0).unwrap_or(e.len());
-                    jwk.e = Some(B64.encode(&e[start..]));
-                }
-                _ => {}
-            }
-        }
-        if jwk.x.is_none() && jwk.n.is_none() {
-            return Err(CryptoError::Generate(alg));
-        }
-        jwk.kid = jwk.thumbprint().to_string();
         Ok(TokenKey {
             id: super::hex(&id),
-            jwk,
+            jwk: public_jwk(alg, values)?,
         })
+    }
+
+    /// `signet hsm check` for one algorithm: generates a throwaway key pair as session
+    /// objects (gone with the session, never stored on the token), signs a message with
+    /// it on the token, verifies the signature in software against the public key the
+    /// token gave out, and destroys both objects.
+    pub fn self_test(&self, alg: Algorithm, bits: RsaBits) -> Result<(), String> {
+        let available = self
+            .ctx
+            .get_mechanism_list(self.slot)
+            .map_err(|e| format!("cannot list the mechanisms: {e}"))?;
+        let missing: Vec<String> = mechanisms(alg)
+            .iter()
+            .filter(|m| !available.contains(m))
+            .map(|m| m.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!("the token lacks {}", missing.join(" and ")));
+        }
+        let id = random_id(alg).map_err(|e| e.to_string())?;
+        let template = Template::new(alg, bits, &id, false);
+        let message = b"signet hsm check";
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
+        let data: &[u8] = if alg == Algorithm::ES256 {
+            digest.as_ref()
+        } else {
+            message
+        };
+        let (values, signature) = self
+            .with_session(|s| {
+                let (public, private) =
+                    s.generate_key_pair(&template.mechanism, &template.public, &template.private)?;
+                let out = s.get_attributes(public, &template.read).and_then(|values| {
+                    s.sign(&sign_mechanism(alg), private, data)
+                        .map(|sig| (values, sig))
+                });
+                let _ = s.destroy_object(public);
+                let _ = s.destroy_object(private);
+                out
+            })
+            .map_err(|e| format!("the token refused: {e}"))?;
+        let jwk = public_jwk(alg, values).map_err(|e| e.to_string())?;
+        if super::signing::verify(alg, &jwk, message, &signature) {
+            Ok(())
+        } else {
+            Err("the token's signature does not verify against its public key".into())
+        }
     }
 
     /// The private object with this `CKA_ID` (hex), if the token has it.
@@ -524,6 +533,108 @@ impl Token {
         })
         .map_err(hsm)
     }
+}
+
+/// A random 16-byte `CKA_ID`.
+fn random_id(alg: Algorithm) -> Result<Vec<u8>, CryptoError> {
+    let mut id = vec![0u8; 16];
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut id)
+        .map_err(|_| CryptoError::Generate(alg))?;
+    Ok(id)
+}
+
+/// What `C_GenerateKeyPair` gets for one algorithm, and which public values to read back.
+struct Template {
+    mechanism: Mechanism<'static>,
+    public: Vec<Attribute>,
+    private: Vec<Attribute>,
+    read: Vec<AttributeType>,
+}
+
+impl Template {
+    /// `persist`: the private key is a token object (kept), or a session object.
+    fn new(alg: Algorithm, bits: RsaBits, id: &[u8], persist: bool) -> Self {
+        let label = format!("{LABEL_PREFIX}{}", chrono::Utc::now().timestamp());
+        let private = vec![
+            Attribute::Token(persist),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Id(id.to_vec()),
+            Attribute::Label(label.into_bytes()),
+        ];
+        let mut public = vec![Attribute::Token(false), Attribute::Verify(true)];
+        let (mechanism, read) = match alg {
+            Algorithm::EdDSA => {
+                public.push(Attribute::EcParams(ED25519_PARAMS.to_vec()));
+                (
+                    Mechanism::EccEdwardsKeyPairGen,
+                    vec![AttributeType::EcPoint],
+                )
+            }
+            Algorithm::ES256 => {
+                public.push(Attribute::EcParams(P256_PARAMS.to_vec()));
+                (Mechanism::EccKeyPairGen, vec![AttributeType::EcPoint])
+            }
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 => {
+                public.push(Attribute::ModulusBits(Ulong::new(u64::from(bits.bits()))));
+                public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+                (
+                    Mechanism::RsaPkcsKeyPairGen,
+                    vec![AttributeType::Modulus, AttributeType::PublicExponent],
+                )
+            }
+        };
+        Self {
+            mechanism,
+            public,
+            private,
+            read,
+        }
+    }
+}
+
+/// The public JWK (with its kid) from the values read off a public key object.
+fn public_jwk(alg: Algorithm, values: Vec<Attribute>) -> Result<PublicJwk, CryptoError> {
+    let kty = match alg {
+        Algorithm::EdDSA => "OKP",
+        Algorithm::ES256 => "EC",
+        _ => "RSA",
+    };
+    let mut jwk = PublicJwk::new(alg, kty);
+    for value in values {
+        match value {
+            Attribute::EcPoint(raw) if alg == Algorithm::EdDSA => {
+                let x = ec_point(&raw, 32).ok_or(CryptoError::Generate(alg))?;
+                jwk.crv = Some("Ed25519".into());
+                jwk.x = Some(B64.encode(x));
+            }
+            Attribute::EcPoint(raw) => {
+                let point = ec_point(&raw, 65).ok_or(CryptoError::Generate(alg))?;
+                if point[0] != 0x04 {
+                    return Err(CryptoError::Generate(alg));
+                }
+                jwk.crv = Some("P-256".into());
+                jwk.x = Some(B64.encode(&point[1..33]));
+                jwk.y = Some(B64.encode(&point[33..65]));
+            }
+            Attribute::Modulus(n) => {
+                let start = n.iter().position(|b| *b != 0).unwrap_or(n.len());
+                jwk.n = Some(B64.encode(&n[start..]));
+            }
+            Attribute::PublicExponent(e) => {
+                let start = e.iter().position(|b| *b != 0).unwrap_or(e.len());
+                jwk.e = Some(B64.encode(&e[start..]));
+            }
+            _ => {}
+        }
+    }
+    if jwk.x.is_none() && jwk.n.is_none() {
+        return Err(CryptoError::Generate(alg));
+    }
+    jwk.kid = jwk.thumbprint().to_string();
+    Ok(jwk)
 }
 
 /// Bytes of a lowercase or uppercase hex string.

@@ -75,6 +75,16 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     for (alg, ready) in keys.pool_ready() {
         let _ = writeln!(out, "signet_key_pool_ready{{alg=\"{alg}\"}} {ready}");
     }
+    out.push_str("# HELP signet_hsm_errors_total Operations the PKCS#11 module refused (with a token configured).\n");
+    out.push_str("# TYPE signet_hsm_errors_total counter\n");
+    if let Some(token) = keys.token() {
+        let label = token.label().replace(['\\', '"', '\n'], "_");
+        let _ = writeln!(
+            out,
+            "signet_hsm_errors_total{{token=\"{label}\"}} {}",
+            token.errors()
+        );
+    }
     out.push_str("# HELP signet_rotation_overdue 1 when an active key is older than the schedule's period plus a margin.\n");
     out.push_str("# TYPE signet_rotation_overdue gauge\n");
     let overdue = ages.iter().any(|(_, _, late)| *late);
