@@ -25,6 +25,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::{AuthPin, Ulong};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -136,6 +137,10 @@ pub struct Token {
     max_idle: usize,
     /// Operations the module refused, for `/metrics`.
     errors: AtomicU64,
+    /// The handle of each private object found, by `CKA_ID`: a handle stays valid for the
+    /// application while the object exists, so a signature costs one `C_Sign`, not a
+    /// search first.
+    handles: Mutex<HashMap<Vec<u8>, ObjectHandle>>,
 }
 
 impl fmt::Debug for Token {
@@ -298,6 +303,7 @@ impl Token {
             idle: Mutex::new(Vec::new()),
             max_idle: std::thread::available_parallelism().map_or(2, usize::from),
             errors: AtomicU64::new(0),
+            handles: Mutex::new(HashMap::new()),
         };
         let session = token.login().map_err(|e| match e {
             CkError::Pkcs11(
@@ -477,12 +483,25 @@ impl Token {
         };
         let mechanism = sign_mechanism(alg);
         self.with_session(|s| {
+            let cached = self.handles.lock().ok().and_then(|h| h.get(&id).copied());
+            if let Some(key) = cached {
+                match s.sign(&mechanism, key, data) {
+                    Err(CkError::Pkcs11(
+                        RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
+                        _,
+                    )) => {}
+                    other => return other,
+                }
+            }
             let Some(key) = self.find(s, &id)? else {
                 return Err(CkError::Pkcs11(
                     RvError::KeyHandleInvalid,
                     cryptoki::context::Function::FindObjects,
                 ));
             };
+            if let Ok(mut handles) = self.handles.lock() {
+                handles.insert(id.clone(), key);
+            }
             s.sign(&mechanism, key, data)
         })
         .map_err(hsm)
@@ -499,6 +518,9 @@ impl Token {
     /// an error.
     pub fn destroy(&self, id: &str) -> Result<(), CryptoError> {
         let id = unhex(id).ok_or(CryptoError::Sign)?;
+        if let Ok(mut handles) = self.handles.lock() {
+            handles.remove(&id);
+        }
         self.with_session(|s| match self.find(s, &id)? {
             Some(handle) => s.destroy_object(handle),
             None => Ok(()),
