@@ -101,15 +101,15 @@ impl SoftHsm {
     }
 }
 
-/// The `hsm_object` of every key that should still have a private half (next, active,
-/// rotated), from the database.
+/// The `hsm_object` of every key on the token that should still have a private half
+/// (next, active, rotated), from the database.
 async fn live_objects(db: &TestDb) -> BTreeSet<String> {
     let mut live = BTreeSet::new();
     let url = &db.url;
     let ids: Vec<(String, Option<String>)> = if db.is_postgres() {
         use sqlx::{Connection as _, Row as _};
         let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::query("SELECT state, hsm_object FROM signing_keys")
+        sqlx::query("SELECT state, hsm_object FROM signing_keys WHERE hsm_token IS NOT NULL")
             .fetch_all(&mut c)
             .await
             .unwrap()
@@ -119,7 +119,7 @@ async fn live_objects(db: &TestDb) -> BTreeSet<String> {
     } else {
         use sqlx::{Connection as _, Row as _};
         let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::query("SELECT state, hsm_object FROM signing_keys")
+        sqlx::query("SELECT state, hsm_object FROM signing_keys WHERE hsm_token IS NOT NULL")
             .fetch_all(&mut c)
             .await
             .unwrap()
@@ -656,4 +656,207 @@ async fn hsm_a_crash_between_generation_and_commit_leaves_orphans_that_housekeep
         .collect();
     assert_eq!(destroyed, orphans);
     process.sigkill().await;
+}
+
+/// The `details` of every `keys.rotated` event the scheduler wrote.
+async fn scheduled_rotations(db: &TestDb) -> Vec<Value> {
+    use sqlx::{Connection as _, Row as _};
+    let sql =
+        "SELECT details FROM audit_events WHERE kind = 'keys.rotated' AND trigger = 'scheduler'";
+    let rows: Vec<String> = if db.is_postgres() {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query(sql)
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::query(sql)
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    rows.iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsm_two_instances_on_one_token_rotate_each_slot_once() {
+    let hsm = SoftHsm::new("");
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut env = hsm.env(&db);
+    env.retain(|(k, _)| k != "SIGNET_ALGORITHMS");
+    env.push(("SIGNET_ALGORITHMS".into(), "EdDSA,ES256".into()));
+    env.push(("SIGNET_ROTATION_CRON".into(), "*/2 * * * * * *".into()));
+    let logs = db.data_dir.path();
+    let a = ServeProcess::start(
+        &env,
+        &["--migrate"],
+        std::fs::File::create(logs.join("a.log")).unwrap(),
+    )
+    .await;
+    let b = ServeProcess::start(
+        &env,
+        &["--migrate"],
+        std::fs::File::create(logs.join("b.log")).unwrap(),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(9)).await;
+    // Kill both, then look: no slot was rotated twice.
+    a.sigkill().await;
+    b.sigkill().await;
+    let rotations = scheduled_rotations(&db).await;
+    assert!(
+        rotations.len() >= 3,
+        "too few scheduled rotations: {rotations:?}"
+    );
+    let slots: BTreeSet<&str> = rotations
+        .iter()
+        .map(|d| d["slot"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        slots.len(),
+        rotations.len(),
+        "a slot rotated twice: {rotations:?}"
+    );
+    let instances: BTreeSet<&str> = rotations
+        .iter()
+        .map(|d| d["instance"].as_str().unwrap())
+        .collect();
+    assert!(!instances.is_empty());
+
+    // A kill may land between a generation and its commit, one per instance at most:
+    // the next start destroys those orphans (grace 1 s here), and then the token holds
+    // exactly the live keys. A losing instance leaves nothing behind.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut restart = env.clone();
+    restart.retain(|(k, _)| k != "SIGNET_ROTATION_CRON");
+    restart.push(("SIGNET_PKCS11_ORPHAN_GRACE".into(), "1s".into()));
+    let c = ServeProcess::start(
+        &restart,
+        &["--migrate"],
+        std::fs::File::create(logs.join("c.log")).unwrap(),
+    )
+    .await;
+    token_matches_database(&hsm, &db, "after two instances and a restart").await;
+    c.sigkill().await;
+    let orphans: usize = {
+        use sqlx::{Connection as _, Row as _};
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("SELECT details FROM audit_events WHERE kind = 'keys.orphans_destroyed'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let d: String = r.get(0);
+                serde_json::from_str::<Value>(&d).unwrap()["objects"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+            })
+            .sum()
+    };
+    assert!(
+        orphans <= 4,
+        "{orphans} orphans: more than one change per instance in flight"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsm_switching_backends_keeps_every_token_verifying() {
+    let hsm = SoftHsm::new("");
+    let db = TestDb::new(Backend::Sqlite).await;
+    let log = db.data_dir.path().join("serve.log");
+    let algs = [("SIGNET_ALGORITHMS".to_string(), "EdDSA,ES256".to_string())];
+    let backend_of = |keys: &[Value], state: &str| -> Vec<String> {
+        keys.iter()
+            .filter(|k| k["state"] == state)
+            .map(|k| k["backend"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // 1. Software keys.
+    let mut software = db.env();
+    software.extend(algs.clone());
+    let process = ServeProcess::start(&software, &[], std::fs::File::create(&log).unwrap()).await;
+    let server = Server {
+        process,
+        http: reqwest::Client::new(),
+        token: cli_token(&software, "switch", &["sign", "keys:read", "keys:write"]).await,
+    };
+    let mut tokens = sign_two(&server).await;
+    let secret = server.token.clone();
+    server.process.sigkill().await;
+
+    // 2. Switched to the token: the next rotation makes the next key there; the one after
+    //    that makes an HSM key active.
+    let mut pkcs11 = hsm.env(&db);
+    pkcs11.retain(|(k, _)| k != "SIGNET_ALGORITHMS");
+    pkcs11.extend(algs.clone());
+    let server = Server {
+        process: ServeProcess::start(&pkcs11, &[], std::fs::File::create(&log).unwrap()).await,
+        http: reqwest::Client::new(),
+        token: secret.clone(),
+    };
+    assert!(
+        hsm.private_ids().is_empty(),
+        "the switch alone makes nothing"
+    );
+    let (status, body) = server.post("/api/v1/keys/rotate", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let keys = server.keys().await;
+    assert_eq!(backend_of(&keys, "next"), ["pkcs11", "pkcs11"]);
+    assert_eq!(backend_of(&keys, "active"), ["software", "software"]);
+    tokens.extend(sign_two(&server).await);
+    let (status, body) = server.post("/api/v1/keys/rotate", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let keys = server.keys().await;
+    assert_eq!(backend_of(&keys, "active"), ["pkcs11", "pkcs11"]);
+    tokens.extend(sign_two(&server).await);
+    token_matches_database(&hsm, &db, "after switching to pkcs11").await;
+    assert!(server.verify(&tokens).await.iter().all(|(p, j)| *p && *j));
+    server.process.sigkill().await;
+
+    // 3. Back to software, the token still configured for the keys that live on it.
+    let mut back = pkcs11.clone();
+    back.retain(|(k, _)| k != "SIGNET_KEY_BACKEND");
+    let server = Server {
+        process: ServeProcess::start(&back, &[], std::fs::File::create(&log).unwrap()).await,
+        http: reqwest::Client::new(),
+        token: secret,
+    };
+    let (status, body) = server.post("/api/v1/keys/rotate", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let keys = server.keys().await;
+    assert_eq!(backend_of(&keys, "next"), ["software", "software"]);
+    assert_eq!(backend_of(&keys, "active"), ["pkcs11", "pkcs11"]);
+    tokens.extend(sign_two(&server).await);
+    token_matches_database(&hsm, &db, "after switching back").await;
+    let verdicts = server.verify(&tokens).await;
+    assert_eq!(verdicts.len(), 8);
+    assert!(verdicts.iter().all(|(p, j)| *p && *j), "{verdicts:?}");
+    server.process.sigkill().await;
+}
+
+/// One EdDSA and one ES256 token.
+async fn sign_two(server: &Server) -> Vec<String> {
+    let mut out = Vec::new();
+    for alg in ["EdDSA", "ES256"] {
+        let (status, body) = server
+            .post(
+                "/api/v1/sign",
+                json!({"claims": {"sub": "switch"}, "alg": alg, "ttl": 600}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        out.push(body["token"].as_str().unwrap().to_string());
+    }
+    out
 }
