@@ -39,7 +39,7 @@ fn main() {
         pin: Pin::new(pin.clone()),
     };
     let algs = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
-    let token = Token::open(&config, &algs).expect("token opens");
+    let token = Token::open(&config, &algs, "bench").expect("token opens");
     // A token-sized message: header and claims as /sign encodes them.
     let message = [b'a'; 180];
 

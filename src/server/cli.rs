@@ -272,7 +272,8 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
 /// PostgreSQL must be), and makes sure every enabled algorithm has its keys.
 async fn open_keys(config: Config) -> anyhow::Result<(Arc<KeyService>, Arc<dyn storage::Storage>)> {
     let (storage, keyring) = start::open(&config, ServeOptions::default()).await?;
-    let token = start::open_token(&config)?;
+    let installation = storage.instance_info().await?.installation_id;
+    let token = start::open_token(&config, &installation)?;
     let keys = Arc::new(
         KeyService::new(storage.clone(), Arc::new(keyring), Arc::new(config)).with_token(token),
     );
@@ -321,7 +322,8 @@ async fn hsm_check(config: Config) -> anyhow::Result<()> {
     let algorithms = config.algorithms.as_slice().to_vec();
     let bits = config.rsa_bits;
     let (opened, results) = tokio::task::spawn_blocking(move || {
-        let token = Token::open(&settings, &[])?;
+        // Its keys are session objects, gone with the session: no installation owns them.
+        let token = Token::open(&settings, &[], "hsm-check")?;
         let opened = format!(
             "module {}: loaded\ntoken '{}' in slot {}: logged in",
             settings.module.display(),

@@ -460,6 +460,13 @@ impl Config {
         let pkcs11_orphan_grace = p.field("pkcs11_orphan_grace", "10m", |s| {
             Retention::parse(s).map_err(|e| e.to_string().replace("retention", "the grace period"))
         });
+        if pkcs11_orphan_grace.is_some_and(|g| g.as_secs() < 60) {
+            warnings.push(
+                "pkcs11_orphan_grace is under a minute: housekeeping may destroy the keys of a \
+                 rotation still in flight on another instance (or one whose clock is behind)"
+                    .into(),
+            );
+        }
         // Invariant 4 (docs/design.md): a token must never outlive the publication of its key.
         if let (Some(ttl), Some(retention)) = (max_token_ttl, retention)
             && ttl >= retention

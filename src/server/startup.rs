@@ -78,7 +78,8 @@ impl Application {
         crate::server::files::warn_if_open(&config.data_dir, "data directory");
         let config = Arc::new(config);
         let keyring = Arc::new(keyring);
-        let token = open_token(&config)?;
+        let installation = storage.instance_info().await?.installation_id;
+        let token = open_token(&config, &installation)?;
         let keys = Arc::new(
             KeyService::new(storage.clone(), keyring.clone(), config.clone()).with_token(token),
         );
@@ -201,7 +202,7 @@ impl Application {
 /// Opens the PKCS#11 token when `pkcs11_module` is set. With `key_backend = "pkcs11"` the
 /// token must be able to do every enabled algorithm; otherwise it is only used for the
 /// keys that already live on it.
-pub fn open_token(config: &Config) -> Result<Option<Arc<Token>>, OpenError> {
+pub fn open_token(config: &Config, installation: &str) -> Result<Option<Arc<Token>>, OpenError> {
     let Some(token) = &config.pkcs11 else {
         return Ok(None);
     };
@@ -209,7 +210,7 @@ pub fn open_token(config: &Config) -> Result<Option<Arc<Token>>, OpenError> {
         KeyBackend::Pkcs11 => config.algorithms.as_slice(),
         KeyBackend::Software => &[],
     };
-    let token = Token::open(token, algorithms)?;
+    let token = Token::open(token, algorithms, installation)?;
     tracing::info!(token = token.label(), backend = %config.key_backend, "PKCS#11 token open");
     Ok(Some(Arc::new(token)))
 }

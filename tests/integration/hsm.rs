@@ -562,6 +562,10 @@ async fn hsm_misconfiguration_stops_the_start_naming_the_setting() {
     for (env, setting) in cases {
         let stderr = serve_fails(&env).await;
         assert!(stderr.contains(setting), "{setting} not named: {stderr}");
+        assert!(
+            !stderr.contains("000000") && !stderr.contains(PIN),
+            "a PIN shows: {stderr}"
+        );
     }
 
     // A token without EdDSA cannot serve an EdDSA key set. (SoftHSM2 2.6 ignores "-"
@@ -573,7 +577,7 @@ async fn hsm_misconfiguration_stops_the_start_naming_the_setting() {
     );
     let stderr = serve_fails(&limited.env(&db)).await;
     assert!(
-        stderr.contains("algorithms") && stderr.contains("EdDSA"),
+        stderr.contains("algorithms: token 'signet-test' cannot do EdDSA: it lacks"),
         "unsupported algorithm not named: {stderr}"
     );
     let out = run_signet(&limited.env(&db), &["hsm", "check"]).await;
@@ -621,11 +625,22 @@ async fn hsm_a_crash_between_generation_and_commit_leaves_orphans_that_housekeep
     );
     assert!(live_objects(&db).await.is_empty(), "nothing was committed");
 
-    // The next start finds them older than the grace period and destroys them.
+    // A start within the grace period (default 10 minutes) leaves them: they might belong
+    // to a change still in flight on another instance.
+    let log = db.data_dir.path().join("serve.log");
+    let early = hsm.env(&db);
+    let process =
+        ServeProcess::start(&early, &["--migrate"], std::fs::File::create(&log).unwrap()).await;
+    assert!(
+        orphans.is_subset(&hsm.private_ids()),
+        "destroyed within the grace period"
+    );
+    process.sigkill().await;
+
+    // A start after the grace period destroys them.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let mut env = hsm.env(&db);
     env.push(("SIGNET_PKCS11_ORPHAN_GRACE".into(), "1s".into()));
-    let log = db.data_dir.path().join("serve.log");
     let process =
         ServeProcess::start(&env, &["--migrate"], std::fs::File::create(&log).unwrap()).await;
     token_matches_database(&hsm, &db, "after the restart").await;
@@ -859,4 +874,59 @@ async fn sign_two(server: &Server) -> Vec<String> {
         out.push(body["token"].as_str().unwrap().to_string());
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsm_a_token_gone_answers_503_and_readiness_says_why() {
+    let hsm = SoftHsm::new("");
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut env = hsm.env(&db);
+    env.retain(|(k, _)| k != "SIGNET_ALGORITHMS");
+    env.push(("SIGNET_ALGORITHMS".into(), "EdDSA".into()));
+    let log = db.data_dir.path().join("serve.log");
+    let process = ServeProcess::start(&env, &[], std::fs::File::create(&log).unwrap()).await;
+    let server = Server {
+        token: cli_token(&env, "gone", &["sign"]).await,
+        process,
+        http: reqwest::Client::new(),
+    };
+    let ready = |server: &Server| {
+        let (http, url) = (server.http.clone(), server.process.url.clone());
+        async move {
+            let res = http
+                .get(format!("{url}/health/ready"))
+                .send()
+                .await
+                .unwrap();
+            (res.status(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let body = json!({"claims": {"sub": "x"}, "alg": "EdDSA"});
+    assert_eq!(server.post("/api/v1/sign", body.clone()).await.0, 200);
+    assert_eq!(ready(&server).await.0, 200);
+
+    // The token's files disappear under the running server (a real fault: SoftHSM2 finds
+    // no token objects any more).
+    let tokens = hsm.dir.path().join("tokens");
+    let away = hsm.dir.path().join("tokens.away");
+    std::fs::rename(&tokens, &away).unwrap();
+    let (status, answer) = server.post("/api/v1/sign", body.clone()).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"], "unavailable");
+    assert!(
+        answer["message"].as_str().unwrap().contains("HSM"),
+        "{answer}"
+    );
+    let (status, report) = ready(&server).await;
+    assert_eq!(status, 503, "{report}");
+    let hsm_check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "hsm")
+        .unwrap()
+        .clone();
+    assert_eq!(hsm_check["ok"], false, "{report}");
+    std::fs::rename(&away, &tokens).unwrap();
+    server.process.sigkill().await;
 }

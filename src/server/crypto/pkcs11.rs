@@ -4,8 +4,9 @@
 //! Signet never sees a private key of this backend. The database keeps the object's
 //! `CKA_ID` and the public JWK; the public half exists on the token only for the moment it
 //! takes to read it after generation. Every object Signet makes is labelled
-//! `signet:<unix seconds of creation>`, so housekeeping can tell its own objects, and their
-//! age, from anything else on the token.
+//! `signet:<installation id>:<unix seconds of creation>`, so housekeeping can tell this
+//! installation's objects, and their age, from anything else on the token (another
+//! Signet installation sharing it included).
 //!
 //! Sessions are pooled, up to one per core. The login state of PKCS#11 belongs to the
 //! application, not to one session: the first session logs in, later ones inherit it. An
@@ -44,6 +45,16 @@ const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 pub enum TokenChoice {
     Label(String),
     Slot(u64),
+}
+
+impl TokenChoice {
+    /// The setting that made this choice.
+    fn setting(&self) -> &'static str {
+        match self {
+            TokenChoice::Label(_) => "pkcs11_token",
+            TokenChoice::Slot(_) => "pkcs11_slot",
+        }
+    }
 }
 
 impl fmt::Display for TokenChoice {
@@ -88,7 +99,7 @@ pub struct TokenConfig {
 pub enum OpenError {
     #[error("pkcs11_module: cannot load {}: {reason}", path.display())]
     Module { path: PathBuf, reason: String },
-    #[error("pkcs11_token: no {choice} (tokens present: {present})")]
+    #[error("{}: no {choice} (tokens present: {present})", choice.setting())]
     NoToken {
         choice: TokenChoice,
         present: String,
@@ -113,9 +124,15 @@ pub struct TokenObject {
 }
 
 impl TokenObject {
-    /// When the object was made, from its label (`None` for a label Signet did not write).
-    pub fn created_unix(&self) -> Option<i64> {
-        self.label.strip_prefix(LABEL_PREFIX)?.parse().ok()
+    /// When the object was made, if this installation made it (its label is
+    /// `signet:<installation>:<unix seconds>`); `None` for anyone else's object.
+    pub fn made_by(&self, installation: &str) -> Option<i64> {
+        self.label
+            .strip_prefix(LABEL_PREFIX)?
+            .strip_prefix(installation)?
+            .strip_prefix(':')?
+            .parse()
+            .ok()
     }
 }
 
@@ -137,6 +154,8 @@ pub struct Token {
     max_idle: usize,
     /// Operations the module refused, for `/metrics`.
     errors: AtomicU64,
+    /// The installation whose objects these are (in every label Signet writes).
+    installation: String,
     /// The handle of each private object found, by `CKA_ID`: a handle stays valid for the
     /// application while the object exists, so a signature costs one `C_Sign`, not a
     /// search first.
@@ -199,6 +218,16 @@ fn mechanisms(alg: Algorithm) -> [MechanismType; 2] {
     }
 }
 
+/// The mechanisms `alg` needs that the token in `slot` does not list.
+fn missing_mechanisms(ctx: &Pkcs11, slot: Slot, alg: Algorithm) -> Vec<String> {
+    let available = ctx.get_mechanism_list(slot).unwrap_or_default();
+    mechanisms(alg)
+        .iter()
+        .filter(|m| !available.contains(m))
+        .map(|m| m.to_string())
+        .collect()
+}
+
 /// The mechanisms of `alg`, by name, for messages.
 pub fn mechanism_names(alg: Algorithm) -> String {
     let [generate, sign] = mechanisms(alg);
@@ -236,7 +265,11 @@ fn ec_point(raw: &[u8], len: usize) -> Option<&[u8]> {
 impl Token {
     /// Loads the module, finds the token and logs in. Checks that the token can do every
     /// algorithm in `algorithms`.
-    pub fn open(config: &TokenConfig, algorithms: &[Algorithm]) -> Result<Self, OpenError> {
+    pub fn open(
+        config: &TokenConfig,
+        algorithms: &[Algorithm],
+        installation: &str,
+    ) -> Result<Self, OpenError> {
         let module_error = |reason: String| OpenError::Module {
             path: config.module.clone(),
             reason,
@@ -278,15 +311,8 @@ impl Token {
                 },
             });
         };
-        let available = ctx
-            .get_mechanism_list(slot)
-            .map_err(|e| OpenError::Other(format!("cannot list the mechanisms: {e}")))?;
         for &alg in algorithms {
-            let missing: Vec<String> = mechanisms(alg)
-                .iter()
-                .filter(|m| !available.contains(m))
-                .map(|m| m.to_string())
-                .collect();
+            let missing = missing_mechanisms(&ctx, slot, alg);
             if !missing.is_empty() {
                 return Err(OpenError::Unsupported {
                     token: label,
@@ -303,6 +329,7 @@ impl Token {
             idle: Mutex::new(Vec::new()),
             max_idle: std::thread::available_parallelism().map_or(2, usize::from),
             errors: AtomicU64::new(0),
+            installation: installation.to_string(),
             handles: Mutex::new(HashMap::new()),
         };
         let session = token.login().map_err(|e| match e {
@@ -322,6 +349,11 @@ impl Token {
     /// The token's label.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The installation whose objects Signet makes and sweeps on this token.
+    pub fn installation(&self) -> &str {
+        &self.installation
     }
 
     /// The slot the token is in.
@@ -398,20 +430,83 @@ impl Token {
     /// destroyed as soon as its values are read.
     pub fn generate(&self, alg: Algorithm, bits: RsaBits) -> Result<TokenKey, CryptoError> {
         let id = random_id(alg)?;
-        let template = Template::new(alg, bits, &id, true);
-        let values = self
-            .with_session(|s| {
-                let (public, _private) =
-                    s.generate_key_pair(&template.mechanism, &template.public, &template.private)?;
-                let values = s.get_attributes(public, &template.read);
-                let _ = s.destroy_object(public);
-                values
-            })
-            .map_err(hsm)?;
-        Ok(TokenKey {
-            id: super::hex(&id),
-            jwk: public_jwk(alg, values)?,
-        })
+        let template = Template::new(alg, bits, &id, self.label_for_now(), true);
+        // Not retried as a whole: a second attempt after a generation that worked would
+        // make a second object with the same CKA_ID. A session lost before generation is
+        // replaced once, as the session pool does for other operations.
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let session = match pooled {
+            Some(s) => s,
+            None => self.login().map_err(|e| self.failed(e))?,
+        };
+        let generate = |s: &Session| {
+            s.generate_key_pair(&template.mechanism, &template.public, &template.private)
+        };
+        match generate(&session) {
+            Ok((public, private)) => self.finish_generation(session, alg, &id, public, private),
+            Err(e) if lost(&e) => {
+                drop(session);
+                self.forget_sessions();
+                let fresh = self.login().map_err(|e| self.failed(e))?;
+                let (public, private) = generate(&fresh).map_err(|e| self.failed(e))?;
+                self.finish_generation(fresh, alg, &id, public, private)
+            }
+            Err(e) => {
+                self.give_back(session);
+                Err(self.failed(e))
+            }
+        }
+    }
+
+    /// Reads the public values of a fresh pair and destroys the public object; on any
+    /// failure destroys the private object too, so nothing unreferenced is left.
+    fn finish_generation(
+        &self,
+        session: Session,
+        alg: Algorithm,
+        id: &[u8],
+        public: ObjectHandle,
+        private: ObjectHandle,
+    ) -> Result<TokenKey, CryptoError> {
+        let values = session.get_attributes(public, &Template::reads(alg));
+        let _ = session.destroy_object(public);
+        let jwk = values
+            .map_err(|e| self.failed(e))
+            .and_then(|values| public_jwk(alg, values));
+        match jwk {
+            Ok(jwk) => {
+                self.give_back(session);
+                Ok(TokenKey {
+                    id: super::hex(id),
+                    jwk,
+                })
+            }
+            Err(e) => {
+                let _ = session.destroy_object(private);
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a refused operation and turns it into the error callers see.
+    fn failed(&self, e: CkError) -> CryptoError {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        hsm(e)
+    }
+
+    fn forget_sessions(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+
+    /// The label of an object made now.
+    fn label_for_now(&self) -> String {
+        format!(
+            "{LABEL_PREFIX}{}:{}",
+            self.installation,
+            chrono::Utc::now().timestamp()
+        )
     }
 
     /// `signet hsm check` for one algorithm: generates a throwaway key pair as session
@@ -419,20 +514,12 @@ impl Token {
     /// it on the token, verifies the signature in software against the public key the
     /// token gave out, and destroys both objects.
     pub fn self_test(&self, alg: Algorithm, bits: RsaBits) -> Result<(), String> {
-        let available = self
-            .ctx
-            .get_mechanism_list(self.slot)
-            .map_err(|e| format!("cannot list the mechanisms: {e}"))?;
-        let missing: Vec<String> = mechanisms(alg)
-            .iter()
-            .filter(|m| !available.contains(m))
-            .map(|m| m.to_string())
-            .collect();
+        let missing = missing_mechanisms(&self.ctx, self.slot, alg);
         if !missing.is_empty() {
             return Err(format!("the token lacks {}", missing.join(" and ")));
         }
         let id = random_id(alg).map_err(|e| e.to_string())?;
-        let template = Template::new(alg, bits, &id, false);
+        let template = Template::new(alg, bits, &id, self.label_for_now(), false);
         let message = b"signet hsm check";
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
         let data: &[u8] = if alg == Algorithm::ES256 {
@@ -490,21 +577,28 @@ impl Token {
                         RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
                         _,
                     )) => {}
-                    other => return other,
+                    other => return other.map(Some),
                 }
             }
             let Some(key) = self.find(s, &id)? else {
-                return Err(CkError::Pkcs11(
-                    RvError::KeyHandleInvalid,
-                    cryptoki::context::Function::FindObjects,
-                ));
+                return Ok(None);
             };
             if let Ok(mut handles) = self.handles.lock() {
                 handles.insert(id.clone(), key);
             }
-            s.sign(&mechanism, key, data)
+            s.sign(&mechanism, key, data).map(Some)
         })
-        .map_err(hsm)
+        .map_err(hsm)?
+        .ok_or_else(|| {
+            let why = format!(
+                "token '{}' holds no private object with CKA_ID {} (destroyed, or another \
+                 token in its place)",
+                self.label,
+                super::hex(&id)
+            );
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            CryptoError::Hsm(why)
+        })
     }
 
     /// Whether the token holds the private object `id` (hex).
@@ -521,9 +615,15 @@ impl Token {
         if let Ok(mut handles) = self.handles.lock() {
             handles.remove(&id);
         }
-        self.with_session(|s| match self.find(s, &id)? {
-            Some(handle) => s.destroy_object(handle),
-            None => Ok(()),
+        self.with_session(|s| {
+            let all = s.find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Id(id.clone()),
+            ])?;
+            for handle in all {
+                s.destroy_object(handle)?;
+            }
+            Ok(())
         })
         .map_err(hsm)
     }
@@ -574,45 +674,55 @@ struct Template {
 }
 
 impl Template {
-    /// `persist`: the private key is a token object (kept), or a session object.
-    fn new(alg: Algorithm, bits: RsaBits, id: &[u8], persist: bool) -> Self {
-        let label = format!("{LABEL_PREFIX}{}", chrono::Utc::now().timestamp());
+    /// `persist`: the private key is a token object (kept), or a session object. The key
+    /// can sign and nothing else: no decryption, unwrapping or derivation.
+    fn new(alg: Algorithm, bits: RsaBits, id: &[u8], label: String, persist: bool) -> Self {
         let private = vec![
             Attribute::Token(persist),
             Attribute::Private(true),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Sign(true),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
             Attribute::Id(id.to_vec()),
             Attribute::Label(label.into_bytes()),
         ];
-        let mut public = vec![Attribute::Token(false), Attribute::Verify(true)];
-        let (mechanism, read) = match alg {
+        let mut public = vec![
+            Attribute::Token(false),
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
+        ];
+        let mechanism = match alg {
             Algorithm::EdDSA => {
                 public.push(Attribute::EcParams(ED25519_PARAMS.to_vec()));
-                (
-                    Mechanism::EccEdwardsKeyPairGen,
-                    vec![AttributeType::EcPoint],
-                )
+                Mechanism::EccEdwardsKeyPairGen
             }
             Algorithm::ES256 => {
                 public.push(Attribute::EcParams(P256_PARAMS.to_vec()));
-                (Mechanism::EccKeyPairGen, vec![AttributeType::EcPoint])
+                Mechanism::EccKeyPairGen
             }
             Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 => {
                 public.push(Attribute::ModulusBits(Ulong::new(u64::from(bits.bits()))));
                 public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
-                (
-                    Mechanism::RsaPkcsKeyPairGen,
-                    vec![AttributeType::Modulus, AttributeType::PublicExponent],
-                )
+                Mechanism::RsaPkcsKeyPairGen
             }
         };
         Self {
             mechanism,
             public,
             private,
-            read,
+            read: Self::reads(alg),
+        }
+    }
+
+    /// The public values the JWK of `alg` is made of.
+    fn reads(alg: Algorithm) -> Vec<AttributeType> {
+        match alg {
+            Algorithm::EdDSA | Algorithm::ES256 => vec![AttributeType::EcPoint],
+            _ => vec![AttributeType::Modulus, AttributeType::PublicExponent],
         }
     }
 }
@@ -652,7 +762,12 @@ fn public_jwk(alg: Algorithm, values: Vec<Attribute>) -> Result<PublicJwk, Crypt
             _ => {}
         }
     }
-    if jwk.x.is_none() && jwk.n.is_none() {
+    let complete = match kty {
+        "OKP" => jwk.x.is_some(),
+        "EC" => jwk.x.is_some() && jwk.y.is_some(),
+        _ => jwk.n.is_some() && jwk.e.is_some(),
+    };
+    if !complete {
         return Err(CryptoError::Generate(alg));
     }
     jwk.kid = jwk.thumbprint().to_string();
@@ -696,14 +811,23 @@ mod tests {
     fn labels_carry_the_creation_time() {
         let o = TokenObject {
             id: "00".into(),
-            label: format!("{LABEL_PREFIX}1700000000"),
+            label: format!("{LABEL_PREFIX}inst-a:1700000000"),
         };
-        assert_eq!(o.created_unix(), Some(1_700_000_000));
-        let foreign = TokenObject {
-            id: "00".into(),
-            label: "someone else".into(),
-        };
-        assert_eq!(foreign.created_unix(), None);
+        assert_eq!(o.made_by("inst-a"), Some(1_700_000_000));
+        assert_eq!(o.made_by("inst-b"), None, "another installation's object");
+        assert_eq!(o.made_by("inst"), None, "a prefix of the id is not the id");
+        for label in [
+            "someone else",
+            "signet:inst-a:",
+            "signet:inst-a:soon",
+            "signet:1700000000",
+        ] {
+            let foreign = TokenObject {
+                id: "00".into(),
+                label: label.into(),
+            };
+            assert_eq!(foreign.made_by("inst-a"), None, "{label}");
+        }
     }
 
     #[test]

@@ -100,7 +100,38 @@ async fn ready(State(state): State<AppState>) -> Response {
     } else {
         fail("keys", problems.join("; "))
     };
-    let checks = vec![database, keys];
+    let mut checks = vec![database, keys];
+    // With a token: every active key on it must still be there, asked through the
+    // session pool (which logs in again on a fresh session if the login was lost).
+    if let Some(token) = state.keys.token().cloned() {
+        let on_token: Vec<(String, String)> = snapshot
+            .signers
+            .values()
+            .filter_map(|s| match &s.signer {
+                crate::server::crypto::Signer::Token { id, .. } => {
+                    Some((s.kid.to_string(), id.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let label = token.label().to_string();
+        let probe = tokio::task::spawn_blocking(move || {
+            for (kid, id) in on_token {
+                match token.has(&id) {
+                    Ok(true) => {}
+                    Ok(false) => return Err(format!("holds no object for active key {kid}")),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|_| Err("the check stopped".into()));
+        checks.push(match probe {
+            Ok(()) => pass("hsm"),
+            Err(why) => fail("hsm", format!("token '{label}': {why}")),
+        });
+    }
     let ok = checks.iter().all(|c| c.ok);
     let status = if ok {
         StatusCode::OK

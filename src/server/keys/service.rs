@@ -768,9 +768,7 @@ impl KeyService {
                     .filter_map(|k| k.hsm_object.clone());
                 self.destroy_objects(ended.collect()).await;
             } else {
-                // Nothing refers to the objects generated for a change that did not happen.
-                let unused = change.new_keys.iter().filter_map(|k| k.hsm_object.clone());
-                self.destroy_objects(unused.collect()).await;
+                self.discard_generated(&applied, &change.new_keys).await;
             }
             match applied {
                 Ok(()) => {
@@ -858,6 +856,35 @@ impl KeyService {
         Ok(out)
     }
 
+    /// After a change did not apply: destroys the token objects generated for it that no
+    /// row names. A conflict or a taken slot rolled back for certain; after any other
+    /// error the commit may still have happened (a connection lost during COMMIT), so the
+    /// rows are read again first, and if they cannot be, the objects are left to the
+    /// orphan sweep.
+    async fn discard_generated(&self, applied: &Result<(), StorageError>, new_keys: &[NewKey]) {
+        let generated: Vec<String> = new_keys
+            .iter()
+            .filter_map(|k| k.hsm_object.clone())
+            .collect();
+        if generated.is_empty() {
+            return;
+        }
+        let unused = match applied {
+            Err(StorageError::Conflict | StorageError::SlotTaken) => generated,
+            _ => match self.storage.list_keys().await {
+                Ok(stored) => generated
+                    .into_iter()
+                    .filter(|id| !stored.iter().any(|k| k.hsm_object.as_ref() == Some(id)))
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a key change failed and the keys cannot be read; the orphan sweep will destroy what it generated");
+                    return;
+                }
+            },
+        };
+        self.destroy_objects(unused).await;
+    }
+
     /// Destroys token objects no row refers to any more. A failure is logged, not
     /// returned: the change it follows stands, and housekeeping finds the object later.
     async fn destroy_objects(&self, ids: Vec<String>) {
@@ -911,9 +938,10 @@ impl KeyService {
         let orphans: Vec<String> = objects
             .into_iter()
             .filter(|o| !live.contains(&o.id))
+            // Only this installation's objects, and only once they are old enough.
             .filter(|o| {
-                o.created_unix()
-                    .is_none_or(|c| now.timestamp() - c >= grace)
+                o.made_by(token.installation())
+                    .is_some_and(|made| now.timestamp() - made >= grace)
             })
             .map(|o| o.id)
             .collect();
