@@ -8,7 +8,7 @@
 //! installation's objects, and their age, from anything else on the token (another
 //! Signet installation sharing it included).
 //!
-//! Sessions are pooled, up to one per core. The login state of PKCS#11 belongs to the
+//! Sessions are pooled, up to one per core; a caller beyond that waits for one. The login state of PKCS#11 belongs to the
 //! application, not to one session: the first session logs in, later ones inherit it. An
 //! operation that fails because the session or the login was lost drops the pooled
 //! sessions, logs in again on a fresh one and retries once.
@@ -29,8 +29,8 @@ use cryptoki::types::{AuthPin, Ulong};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 
 /// The prefix of every object label Signet writes.
 pub const LABEL_PREFIX: &str = "signet:";
@@ -144,14 +144,24 @@ pub struct TokenKey {
     pub jwk: PublicJwk,
 }
 
+/// The session pool's state.
+#[derive(Default)]
+struct Sessions {
+    idle: Vec<Session>,
+    open: usize,
+}
+
 /// An open, logged-in token.
 pub struct Token {
     ctx: Pkcs11,
     slot: Slot,
     label: String,
     pin: Pin,
-    idle: Mutex<Vec<Session>>,
-    max_idle: usize,
+    /// Open sessions not in use, and how many are open in all (at most `max_sessions`:
+    /// a caller beyond that waits for one to be given back rather than opening more).
+    sessions: Mutex<Sessions>,
+    freed: Condvar,
+    max_sessions: usize,
     /// Operations the module refused, for `/metrics`.
     errors: AtomicU64,
     /// The installation whose objects these are (in every label Signet writes).
@@ -326,8 +336,9 @@ impl Token {
             slot,
             label,
             pin: config.pin.clone(),
-            idle: Mutex::new(Vec::new()),
-            max_idle: std::thread::available_parallelism().map_or(2, usize::from),
+            sessions: Mutex::new(Sessions::default()),
+            freed: Condvar::new(),
+            max_sessions: std::thread::available_parallelism().map_or(2, usize::from),
             errors: AtomicU64::new(0),
             installation: installation.to_string(),
             handles: Mutex::new(HashMap::new()),
@@ -342,6 +353,7 @@ impl Token {
             }
             other => OpenError::Other(format!("cannot log in to '{}': {other}", token.label)),
         })?;
+        token.pool().open += 1;
         token.give_back(session);
         Ok(token)
     }
@@ -376,12 +388,48 @@ impl Token {
         }
     }
 
-    fn give_back(&self, session: Session) {
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.max_idle
-        {
-            idle.push(session);
+    fn pool(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A session: an idle one, a new one while fewer than `max_sessions` are open, or
+    /// else the next one given back (waiting without using the CPU).
+    fn take(&self) -> Result<Session, CkError> {
+        let mut pool = self.pool();
+        loop {
+            if let Some(session) = pool.idle.pop() {
+                return Ok(session);
+            }
+            if pool.open < self.max_sessions {
+                pool.open += 1;
+                drop(pool);
+                return self.login().inspect_err(|_| self.closed(1));
+            }
+            pool = self.freed.wait(pool).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    fn give_back(&self, session: Session) {
+        self.pool().idle.push(session);
+        self.freed.notify_one();
+    }
+
+    /// Accounts for `n` sessions that were closed (or never opened).
+    fn closed(&self, n: usize) {
+        let mut pool = self.pool();
+        pool.open = pool.open.saturating_sub(n);
+        drop(pool);
+        self.freed.notify_all();
+    }
+
+    /// Closes `session` and every idle one: after a lost session or login, none of them
+    /// can be trusted.
+    fn forget_sessions(&self, session: Session) {
+        drop(session);
+        let idle = std::mem::take(&mut self.pool().idle);
+        let n = idle.len() + 1;
+        drop(idle);
+        self.closed(n);
     }
 
     /// Runs `op` on a pooled session. When the session or the login was lost, starts over
@@ -398,25 +446,18 @@ impl Token {
         &self,
         op: impl Fn(&Session) -> Result<T, CkError>,
     ) -> Result<T, CkError> {
-        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let session = match pooled {
-            Some(s) => s,
-            None => self.login()?,
-        };
+        let session = self.take()?;
         match op(&session) {
             Ok(v) => {
                 self.give_back(session);
                 Ok(v)
             }
             Err(e) if lost(&e) => {
-                drop(session);
-                if let Ok(mut idle) = self.idle.lock() {
-                    idle.clear();
-                }
-                let fresh = self.login()?;
-                let v = op(&fresh)?;
+                self.forget_sessions(session);
+                let fresh = self.take()?;
+                let result = op(&fresh);
                 self.give_back(fresh);
-                Ok(v)
+                result
             }
             Err(e) => {
                 self.give_back(session);
@@ -434,22 +475,24 @@ impl Token {
         // Not retried as a whole: a second attempt after a generation that worked would
         // make a second object with the same CKA_ID. A session lost before generation is
         // replaced once, as the session pool does for other operations.
-        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let session = match pooled {
-            Some(s) => s,
-            None => self.login().map_err(|e| self.failed(e))?,
-        };
+        let session = self.take().map_err(|e| self.failed(e))?;
         let generate = |s: &Session| {
             s.generate_key_pair(&template.mechanism, &template.public, &template.private)
         };
         match generate(&session) {
             Ok((public, private)) => self.finish_generation(session, alg, &id, public, private),
             Err(e) if lost(&e) => {
-                drop(session);
-                self.forget_sessions();
-                let fresh = self.login().map_err(|e| self.failed(e))?;
-                let (public, private) = generate(&fresh).map_err(|e| self.failed(e))?;
-                self.finish_generation(fresh, alg, &id, public, private)
+                self.forget_sessions(session);
+                let fresh = self.take().map_err(|e| self.failed(e))?;
+                match generate(&fresh) {
+                    Ok((public, private)) => {
+                        self.finish_generation(fresh, alg, &id, public, private)
+                    }
+                    Err(e) => {
+                        self.give_back(fresh);
+                        Err(self.failed(e))
+                    }
+                }
             }
             Err(e) => {
                 self.give_back(session);
@@ -483,6 +526,7 @@ impl Token {
             }
             Err(e) => {
                 let _ = session.destroy_object(private);
+                self.give_back(session);
                 Err(e)
             }
         }
@@ -492,12 +536,6 @@ impl Token {
     fn failed(&self, e: CkError) -> CryptoError {
         self.errors.fetch_add(1, Ordering::Relaxed);
         hsm(e)
-    }
-
-    fn forget_sessions(&self) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.clear();
-        }
     }
 
     /// The label of an object made now.
