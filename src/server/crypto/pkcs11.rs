@@ -162,6 +162,9 @@ pub struct Token {
     sessions: Mutex<Sessions>,
     freed: Condvar,
     max_sessions: usize,
+    /// One permit per session, for async callers to wait on before they take a blocking
+    /// thread for a signature.
+    permits: tokio::sync::Semaphore,
     /// Operations the module refused, for `/metrics`.
     errors: AtomicU64,
     /// The installation whose objects these are (in every label Signet writes).
@@ -339,6 +342,9 @@ impl Token {
             sessions: Mutex::new(Sessions::default()),
             freed: Condvar::new(),
             max_sessions: std::thread::available_parallelism().map_or(2, usize::from),
+            permits: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, usize::from),
+            ),
             errors: AtomicU64::new(0),
             installation: installation.to_string(),
             handles: Mutex::new(HashMap::new()),
@@ -366,6 +372,11 @@ impl Token {
     /// The installation whose objects Signet makes and sweeps on this token.
     pub fn installation(&self) -> &str {
         &self.installation
+    }
+
+    /// One permit per session: wait for one before a blocking call on the token.
+    pub fn permits(&self) -> &tokio::sync::Semaphore {
+        &self.permits
     }
 
     /// The slot the token is in.

@@ -167,6 +167,16 @@ impl KeyService {
         let signed = if slow {
             // A signature with a large RSA key takes a millisecond or more: keep it off the
             // async threads. Faster ones run here, as the handoff would cost about as much.
+            // Signatures on a token wait here for one of its sessions, so the blocking pool
+            // never holds more threads than the token has sessions.
+            let on_token = snapshot
+                .signers
+                .get(&alg)
+                .is_some_and(|s| matches!(s.signer, Signer::Token { .. }));
+            let _session = match &self.token {
+                Some(token) if on_token => Some(token.permits().acquire().await),
+                _ => None,
+            };
             let issuer = self.issuer.clone();
             tokio::task::spawn_blocking(move || {
                 jwt::sign(&snapshot, &issuer, claims, alg, ttl, now)
