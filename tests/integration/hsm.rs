@@ -930,3 +930,73 @@ async fn hsm_a_token_gone_answers_503_and_readiness_says_why() {
     std::fs::rename(&away, &tokens).unwrap();
     server.process.sigkill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsm_a_change_that_loses_a_race_destroys_what_it_generated() {
+    let hsm = SoftHsm::new("");
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut env = hsm.env(&db);
+    env.retain(|(k, _)| k != "SIGNET_ALGORITHMS");
+    env.push(("SIGNET_ALGORITHMS".into(), "EdDSA,ES256".into()));
+    // The key service says at debug level when a change lost a race.
+    env.retain(|(k, _)| k != "SIGNET_LOG");
+    env.push((
+        "SIGNET_LOG".into(),
+        "warn,signet::server::keys=debug".into(),
+    ));
+    let logs = db.data_dir.path();
+    let a = ServeProcess::start(
+        &env,
+        &["--migrate"],
+        std::fs::File::create(logs.join("a.log")).unwrap(),
+    )
+    .await;
+    let b = ServeProcess::start(
+        &env,
+        &["--migrate"],
+        std::fs::File::create(logs.join("b.log")).unwrap(),
+    )
+    .await;
+    let secret = cli_token(&env, "race", &["keys:write"]).await;
+    let http = reqwest::Client::new();
+    // Rotations sent to both instances at once: they plan against the same keys, and the
+    // one that commits second loses and plans again.
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        let url = if i % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
+        let (http, secret) = (http.clone(), secret.clone());
+        sent.push(tokio::spawn(async move {
+            http.post(format!("{url}/api/v1/keys/rotate"))
+                .bearer_auth(secret)
+                .json(&json!({}))
+                .send()
+                .await
+                .map(|r| r.status())
+        }));
+    }
+    let mut ok = 0;
+    for answer in sent {
+        if answer.await.unwrap().is_ok_and(|s| s == 200) {
+            ok += 1;
+        }
+    }
+    assert!(ok >= 6, "only {ok} of 12 rotations went through");
+    // No restart and no sweep: the losers destroyed their own objects at once.
+    token_matches_database(&hsm, &db, "after racing rotations").await;
+    a.sigkill().await;
+    b.sigkill().await;
+    let lost: usize = ["a.log", "b.log"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(logs.join(f))
+                .unwrap()
+                .matches("lost a race")
+                .count()
+        })
+        .sum();
+    assert!(lost > 0, "no rotation lost a race: the test proved nothing");
+}
