@@ -63,10 +63,7 @@ fn main() {
 
     for alg in algs {
         let key = token.generate(alg, RsaBits::B2048).expect("generate");
-        let id: Vec<u8> = (0..key.id.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&key.id[i..i + 2], 16).expect("hex"))
-            .collect();
+        let id = signet::server::crypto::unhex(&key.id).expect("hex");
         let handle = session
             .find_objects(&[
                 Attribute::Class(ObjectClass::PRIVATE_KEY),

@@ -473,21 +473,11 @@ impl AuditKeys {
     /// `None` if that KEK is not configured.
     pub fn verify(&self, kek_id: &str, hash: &str, mac: &str) -> Option<bool> {
         let key = self.key(kek_id)?;
-        let Some(tag) = unhex(mac) else {
+        let Some(tag) = crate::server::crypto::unhex(mac) else {
             return Some(false);
         };
         Some(hmac::verify(&key, hash.as_bytes(), &tag).is_ok())
     }
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -469,10 +469,7 @@ fn hsm_probe_private_values_are_refused() {
     ];
     let mut probed = 0;
     for id in ids.split(',') {
-        let bytes: Vec<u8> = (0..id.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&id[i..i + 2], 16).unwrap())
-            .collect();
+        let bytes = signet::server::crypto::unhex(id).unwrap();
         let found = session
             .find_objects(&[
                 Attribute::Class(ObjectClass::PRIVATE_KEY),

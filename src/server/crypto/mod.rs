@@ -50,6 +50,18 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Bytes of a lowercase or uppercase hex string; `None` for an odd length or a character
+/// that is not a hex digit.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// SHA-256 of a text as lowercase hex: how secrets with enough entropy of their own (API
 /// token secrets, session ids) are stored.
 pub fn sha256_hex(text: &str) -> String {
@@ -72,5 +84,14 @@ mod tests {
         let every: Vec<u8> = (0..=255).collect();
         let expected: String = every.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(super::hex(&every), expected);
+    }
+
+    #[test]
+    fn unhex_reverses_hex_and_rejects_odd_or_foreign_text() {
+        let bytes = [0x00, 0xab, 0x10, 0xff];
+        assert_eq!(super::unhex(&super::hex(&bytes)), Some(bytes.to_vec()));
+        assert_eq!(super::unhex("00AB10FF"), Some(bytes.to_vec()));
+        assert_eq!(super::unhex("abc"), None);
+        assert_eq!(super::unhex("zz"), None);
     }
 }

@@ -13,7 +13,7 @@
 //! operation that fails because the session or the login was lost drops the pooled
 //! sessions, logs in again on a fresh one and retries once.
 
-use super::{CryptoError, PublicJwk};
+use super::{CryptoError, PublicJwk, unhex};
 use crate::domain::{Algorithm, RsaBits};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -823,17 +823,6 @@ fn public_jwk(alg: Algorithm, values: Vec<Attribute>) -> Result<PublicJwk, Crypt
     Ok(jwk)
 }
 
-/// Bytes of a lowercase or uppercase hex string.
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -846,14 +835,6 @@ mod tests {
         assert_eq!(ec_point(&bare, 32), Some(&bare[..]));
         assert_eq!(ec_point(&wrapped, 32), Some(&bare[..]));
         assert_eq!(ec_point(&wrapped[..20], 32), None);
-    }
-
-    #[test]
-    fn hex_round_trips_and_rejects_odd_or_foreign_text() {
-        let bytes = [0x00, 0xab, 0x10, 0xff];
-        assert_eq!(unhex(&super::super::hex(&bytes)), Some(bytes.to_vec()));
-        assert_eq!(unhex("abc"), None);
-        assert_eq!(unhex("zz"), None);
     }
 
     #[test]
