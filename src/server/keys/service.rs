@@ -897,28 +897,34 @@ impl KeyService {
 
     /// Destroys token objects no row refers to any more. A failure is logged, not
     /// returned: the change it follows stands, and housekeeping finds the object later.
-    async fn destroy_objects(&self, ids: Vec<String>) {
+    /// Returns the ids it destroyed.
+    async fn destroy_objects(&self, ids: Vec<String>) -> Vec<String> {
         if ids.is_empty() {
-            return;
+            return ids;
         }
         let Some(token) = self.token.clone() else {
             tracing::warn!(
                 objects = ids.len(),
                 "keys on a PKCS#11 token ended, but no token is configured to destroy them"
             );
-            return;
+            return Vec::new();
         };
         let done = tokio::task::spawn_blocking(move || {
-            for id in ids {
-                if let Err(e) = token.destroy(&id) {
-                    tracing::warn!(error = %e, object = %id, "cannot destroy a token object");
-                }
-            }
+            ids.into_iter()
+                .filter(|id| match token.destroy(id) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, object = %id, "cannot destroy a token object");
+                        false
+                    }
+                })
+                .collect()
         })
         .await;
-        if done.is_err() {
+        done.unwrap_or_else(|_| {
             tracing::warn!("destroying token objects stopped early");
-        }
+            Vec::new()
+        })
     }
 
     /// Housekeeping (and start): destroys the objects Signet made on the token that no key
@@ -958,21 +964,7 @@ impl KeyService {
         if orphans.is_empty() {
             return Ok(0);
         }
-        let t = token.clone();
-        let ids = orphans.clone();
-        let destroyed = tokio::task::spawn_blocking(move || {
-            ids.into_iter()
-                .filter(|id| match t.destroy(id) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!(error = %e, object = %id, "cannot destroy an orphaned token object");
-                        false
-                    }
-                })
-                .collect::<Vec<String>>()
-        })
-        .await
-        .map_err(|_| CryptoError::Hsm("destroying orphaned objects stopped".into()))?;
+        let destroyed = self.destroy_objects(orphans).await;
         if destroyed.is_empty() {
             return Ok(0);
         }
