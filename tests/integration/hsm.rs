@@ -15,6 +15,17 @@ const PIN: &str = "246810";
 /// Every algorithm Signet has; SoftHSM2 2.6 can do them all.
 const ALGS: [&str; 6] = ["EdDSA", "ES256", "RS256", "RS384", "RS512", "PS256"];
 
+/// Sets `name` in `env`, replacing any value it had.
+fn set(env: &mut Vec<(String, String)>, name: &str, value: &str) {
+    env.retain(|(k, _)| k != name);
+    env.push((name.to_string(), value.to_string()));
+}
+
+/// `signet serve --migrate` with its stderr in `log`, once it prints its URL.
+async fn serve(env: &[(String, String)], log: &Path) -> ServeProcess {
+    ServeProcess::start(env, &["--migrate"], std::fs::File::create(log).unwrap()).await
+}
+
 /// A SoftHSM2 token of one test's own.
 struct SoftHsm {
     dir: tempfile::TempDir,
@@ -101,33 +112,34 @@ impl SoftHsm {
     }
 }
 
+/// Every row `sql` selects, each column as text (NULL as `None`), on either backend.
+async fn text_rows(db: &TestDb, sql: &str) -> Vec<Vec<Option<String>>> {
+    use sqlx::Connection as _;
+    fn columns<R: sqlx::Row>(r: &R) -> Vec<Option<String>>
+    where
+        for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        usize: sqlx::ColumnIndex<R>,
+    {
+        (0..r.len()).map(|i| r.get(i)).collect()
+    }
+    if db.is_postgres() {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let rows = sqlx::query(sql).fetch_all(&mut c).await.unwrap();
+        rows.iter().map(columns).collect()
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        let rows = sqlx::query(sql).fetch_all(&mut c).await.unwrap();
+        rows.iter().map(columns).collect()
+    }
+}
+
 /// The `hsm_object` of every key on the token that should still have a private half
 /// (next, active, rotated), from the database.
 async fn live_objects(db: &TestDb) -> BTreeSet<String> {
     let mut live = BTreeSet::new();
-    let url = &db.url;
-    let ids: Vec<(String, Option<String>)> = if db.is_postgres() {
-        use sqlx::{Connection as _, Row as _};
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::query("SELECT state, hsm_object FROM signing_keys WHERE hsm_token IS NOT NULL")
-            .fetch_all(&mut c)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
-    } else {
-        use sqlx::{Connection as _, Row as _};
-        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::query("SELECT state, hsm_object FROM signing_keys WHERE hsm_token IS NOT NULL")
-            .fetch_all(&mut c)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
-    };
-    for (state, object) in ids {
+    let sql = "SELECT state, hsm_object FROM signing_keys WHERE hsm_token IS NOT NULL";
+    for row in text_rows(db, sql).await {
+        let (state, object) = (row[0].clone().unwrap(), row[1].clone());
         match state.as_str() {
             "next" | "active" | "rotated" => {
                 live.insert(object.expect("a live key names its token object"));
@@ -213,46 +225,20 @@ impl Server {
             .json()
             .await
             .unwrap();
-        let issuer = discovery["issuer"].as_str().unwrap().to_string();
-        let end2end = Path::new(env!("CARGO_MANIFEST_DIR")).join("end2end");
-        let python = std::env::var("INTEROP_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| end2end.join(".venv/bin/python"));
-        let run = |mut cmd: tokio::process::Command| {
-            let (jwks, issuer) = (jwks.clone(), issuer.clone());
-            async move {
-                let out = cmd
-                    .arg(jwks)
-                    .arg(issuer)
-                    .args(tokens)
-                    .output()
-                    .await
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                String::from_utf8(out.stdout)
-                    .unwrap()
-                    .lines()
-                    .map(|l| serde_json::from_str::<Value>(l).unwrap()["valid"] == true)
-                    .collect::<Vec<bool>>()
-            }
+        let issuer = discovery["issuer"].as_str().unwrap();
+        let valid = |client| {
+            crate::interop::verify_with(client, &jwks, issuer, tokens)
+                .into_iter()
+                .map(|v| v["valid"] == true)
+                .collect::<Vec<bool>>()
         };
-        let mut py = tokio::process::Command::new(python);
-        py.arg(end2end.join("interop/verify_pyjwt.py"));
-        let mut node = tokio::process::Command::new("node");
-        node.arg(end2end.join("interop/verify_jose.mjs"));
-        let (a, b) = (run(py).await, run(node).await);
-        a.into_iter().zip(b).collect()
+        valid("pyjwt").into_iter().zip(valid("jose")).collect()
     }
 }
 
 async fn start(hsm: &SoftHsm, db: &TestDb, log: &Path) -> Server {
     let env = hsm.env(db);
-    let process =
-        ServeProcess::start(&env, &["--migrate"], std::fs::File::create(log).unwrap()).await;
+    let process = serve(&env, log).await;
     let token = cli_token(&env, "hsm-test", &["sign", "keys:read", "keys:write"]).await;
     Server {
         process,
@@ -513,17 +499,9 @@ fn hsm_probe_private_values_are_refused() {
 
 /// No row has a sealed private half or a KEK: a pkcs11 key never had one.
 async fn assert_no_sealed_keys(db: &TestDb) {
-    use sqlx::{Connection as _, Row as _};
-    let sql =
-        "SELECT COUNT(*) FROM signing_keys WHERE private_sealed IS NOT NULL OR kek_id IS NOT NULL";
-    let n: i64 = if db.is_postgres() {
-        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        sqlx::query(sql).fetch_one(&mut c).await.unwrap().get(0)
-    } else {
-        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-        sqlx::query(sql).fetch_one(&mut c).await.unwrap().get(0)
-    };
-    assert_eq!(n, 0);
+    let sql = "SELECT CAST(COUNT(*) AS TEXT) FROM signing_keys \
+               WHERE private_sealed IS NOT NULL OR kek_id IS NOT NULL";
+    assert_eq!(text_rows(db, sql).await, [[Some("0".to_string())]]);
 }
 
 /// Runs `signet serve`, which must stop on its own within 30 s; returns its stderr.
@@ -544,8 +522,7 @@ async fn hsm_misconfiguration_stops_the_start_naming_the_setting() {
     let db = TestDb::new(Backend::Sqlite).await;
     let with = |name: &str, value: &str| {
         let mut env = hsm.env(&db);
-        env.retain(|(k, _)| k != name);
-        env.push((name.to_string(), value.to_string()));
+        set(&mut env, name, value);
         env
     };
     let cases = [
@@ -626,8 +603,7 @@ async fn hsm_a_crash_between_generation_and_commit_leaves_orphans_that_housekeep
     // to a change still in flight on another instance.
     let log = db.data_dir.path().join("serve.log");
     let early = hsm.env(&db);
-    let process =
-        ServeProcess::start(&early, &["--migrate"], std::fs::File::create(&log).unwrap()).await;
+    let process = serve(&early, &log).await;
     assert!(
         orphans.is_subset(&hsm.private_ids()),
         "destroyed within the grace period"
@@ -638,8 +614,7 @@ async fn hsm_a_crash_between_generation_and_commit_leaves_orphans_that_housekeep
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let mut env = hsm.env(&db);
     env.push(("SIGNET_PKCS11_ORPHAN_GRACE".into(), "1s".into()));
-    let process =
-        ServeProcess::start(&env, &["--migrate"], std::fs::File::create(&log).unwrap()).await;
+    let process = serve(&env, &log).await;
     token_matches_database(&hsm, &db, "after the restart").await;
     assert!(hsm.private_ids().is_disjoint(&orphans), "orphans left");
 
@@ -670,32 +645,20 @@ async fn hsm_a_crash_between_generation_and_commit_leaves_orphans_that_housekeep
     process.sigkill().await;
 }
 
-/// The `details` of every `keys.rotated` event the scheduler wrote.
-async fn scheduled_rotations(db: &TestDb) -> Vec<Value> {
-    use sqlx::{Connection as _, Row as _};
-    let sql =
-        "SELECT details FROM audit_events WHERE kind = 'keys.rotated' AND trigger = 'scheduler'";
-    let rows: Vec<String> = if db.is_postgres() {
-        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        sqlx::query(sql)
-            .fetch_all(&mut c)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    } else {
-        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-        sqlx::query(sql)
-            .fetch_all(&mut c)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    };
-    rows.iter()
-        .map(|d| serde_json::from_str(d).unwrap())
+/// The `details` of every event of `kind` (by the scheduler only, with `scheduler`).
+async fn event_details(db: &TestDb, kind: &str, scheduler: bool) -> Vec<Value> {
+    let sql = format!(
+        "SELECT details FROM audit_events WHERE kind = '{kind}'{}",
+        if scheduler {
+            " AND trigger = 'scheduler'"
+        } else {
+            ""
+        }
+    );
+    text_rows(db, &sql)
+        .await
+        .iter()
+        .map(|row| serde_json::from_str(row[0].as_deref().unwrap()).unwrap())
         .collect()
 }
 
@@ -704,27 +667,16 @@ async fn hsm_two_instances_on_one_token_rotate_each_slot_once() {
     let hsm = SoftHsm::new("");
     let db = TestDb::new(Backend::Postgres).await;
     let mut env = hsm.env(&db);
-    env.retain(|(k, _)| k != "SIGNET_ALGORITHMS");
-    env.push(("SIGNET_ALGORITHMS".into(), "EdDSA,ES256".into()));
+    set(&mut env, "SIGNET_ALGORITHMS", "EdDSA,ES256");
     env.push(("SIGNET_ROTATION_CRON".into(), "*/2 * * * * * *".into()));
     let logs = db.data_dir.path();
-    let a = ServeProcess::start(
-        &env,
-        &["--migrate"],
-        std::fs::File::create(logs.join("a.log")).unwrap(),
-    )
-    .await;
-    let b = ServeProcess::start(
-        &env,
-        &["--migrate"],
-        std::fs::File::create(logs.join("b.log")).unwrap(),
-    )
-    .await;
+    let a = serve(&env, &logs.join("a.log")).await;
+    let b = serve(&env, &logs.join("b.log")).await;
     tokio::time::sleep(std::time::Duration::from_secs(9)).await;
     // Kill both, then look: no slot was rotated twice.
     a.sigkill().await;
     b.sigkill().await;
-    let rotations = scheduled_rotations(&db).await;
+    let rotations = event_details(&db, "keys.rotated", true).await;
     assert!(
         rotations.len() >= 3,
         "too few scheduled rotations: {rotations:?}"
@@ -751,31 +703,14 @@ async fn hsm_two_instances_on_one_token_rotate_each_slot_once() {
     let mut restart = env.clone();
     restart.retain(|(k, _)| k != "SIGNET_ROTATION_CRON");
     restart.push(("SIGNET_PKCS11_ORPHAN_GRACE".into(), "1s".into()));
-    let c = ServeProcess::start(
-        &restart,
-        &["--migrate"],
-        std::fs::File::create(logs.join("c.log")).unwrap(),
-    )
-    .await;
+    let c = serve(&restart, &logs.join("c.log")).await;
     token_matches_database(&hsm, &db, "after two instances and a restart").await;
     c.sigkill().await;
-    let orphans: usize = {
-        use sqlx::{Connection as _, Row as _};
-        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        sqlx::query("SELECT details FROM audit_events WHERE kind = 'keys.orphans_destroyed'")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let d: String = r.get(0);
-                serde_json::from_str::<Value>(&d).unwrap()["objects"]
-                    .as_array()
-                    .unwrap()
-                    .len()
-            })
-            .sum()
-    };
+    let orphans: usize = event_details(&db, "keys.orphans_destroyed", false)
+        .await
+        .iter()
+        .map(|d| d["objects"].as_array().unwrap().len())
+        .sum();
     assert!(
         orphans <= 4,
         "{orphans} orphans: more than one change per instance in flight"
@@ -797,7 +732,7 @@ async fn hsm_switching_backends_keeps_every_token_verifying() {
     // 1. Software keys.
     let mut software = db.env();
     software.extend(algs.clone());
-    let process = ServeProcess::start(&software, &[], std::fs::File::create(&log).unwrap()).await;
+    let process = serve(&software, &log).await;
     let server = Server {
         process,
         http: reqwest::Client::new(),
@@ -813,7 +748,7 @@ async fn hsm_switching_backends_keeps_every_token_verifying() {
     pkcs11.retain(|(k, _)| k != "SIGNET_ALGORITHMS");
     pkcs11.extend(algs.clone());
     let server = Server {
-        process: ServeProcess::start(&pkcs11, &[], std::fs::File::create(&log).unwrap()).await,
+        process: serve(&pkcs11, &log).await,
         http: reqwest::Client::new(),
         token: secret.clone(),
     };
@@ -840,7 +775,7 @@ async fn hsm_switching_backends_keeps_every_token_verifying() {
     let mut back = pkcs11.clone();
     back.retain(|(k, _)| k != "SIGNET_KEY_BACKEND");
     let server = Server {
-        process: ServeProcess::start(&back, &[], std::fs::File::create(&log).unwrap()).await,
+        process: serve(&back, &log).await,
         http: reqwest::Client::new(),
         token: secret,
     };
@@ -878,10 +813,9 @@ async fn hsm_a_token_gone_answers_503_and_readiness_says_why() {
     let hsm = SoftHsm::new("");
     let db = TestDb::new(Backend::Sqlite).await;
     let mut env = hsm.env(&db);
-    env.retain(|(k, _)| k != "SIGNET_ALGORITHMS");
-    env.push(("SIGNET_ALGORITHMS".into(), "EdDSA".into()));
+    set(&mut env, "SIGNET_ALGORITHMS", "EdDSA");
     let log = db.data_dir.path().join("serve.log");
-    let process = ServeProcess::start(&env, &[], std::fs::File::create(&log).unwrap()).await;
+    let process = serve(&env, &log).await;
     let server = Server {
         token: cli_token(&env, "gone", &["sign"]).await,
         process,
@@ -933,27 +867,12 @@ async fn hsm_a_change_that_loses_a_race_destroys_what_it_generated() {
     let hsm = SoftHsm::new("");
     let db = TestDb::new(Backend::Postgres).await;
     let mut env = hsm.env(&db);
-    env.retain(|(k, _)| k != "SIGNET_ALGORITHMS");
-    env.push(("SIGNET_ALGORITHMS".into(), "EdDSA,ES256".into()));
+    set(&mut env, "SIGNET_ALGORITHMS", "EdDSA,ES256");
     // The key service says at debug level when a change lost a race.
-    env.retain(|(k, _)| k != "SIGNET_LOG");
-    env.push((
-        "SIGNET_LOG".into(),
-        "warn,signet::server::keys=debug".into(),
-    ));
+    set(&mut env, "SIGNET_LOG", "warn,signet::server::keys=debug");
     let logs = db.data_dir.path();
-    let a = ServeProcess::start(
-        &env,
-        &["--migrate"],
-        std::fs::File::create(logs.join("a.log")).unwrap(),
-    )
-    .await;
-    let b = ServeProcess::start(
-        &env,
-        &["--migrate"],
-        std::fs::File::create(logs.join("b.log")).unwrap(),
-    )
-    .await;
+    let a = serve(&env, &logs.join("a.log")).await;
+    let b = serve(&env, &logs.join("b.log")).await;
     let secret = cli_token(&env, "race", &["keys:write"]).await;
     let http = reqwest::Client::new();
     // Rotations sent to both instances at once: they plan against the same keys, and the

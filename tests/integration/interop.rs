@@ -18,7 +18,12 @@ fn end2end() -> PathBuf {
 /// Runs a verifier and returns one result per token.
 fn run_verifier(client: &str, app: &TestApp, tokens: &[String]) -> Vec<Value> {
     let jwks = app.at("/.well-known/jwks.json");
-    let issuer = app.state.config.issuer();
+    verify_with(client, &jwks, &app.state.config.issuer(), tokens)
+}
+
+/// Runs a verifier (`pyjwt`, or `jose` for anything else) against the JWKS at `jwks`
+/// and returns one result per token.
+pub fn verify_with(client: &str, jwks: &str, issuer: &str, tokens: &[String]) -> Vec<Value> {
     let mut cmd = match client {
         "pyjwt" => {
             let python = std::env::var("INTEROP_PYTHON")
@@ -35,8 +40,8 @@ fn run_verifier(client: &str, app: &TestApp, tokens: &[String]) -> Vec<Value> {
         }
     };
     let out = cmd
-        .arg(&jwks)
-        .arg(&issuer)
+        .arg(jwks)
+        .arg(issuer)
         .args(tokens)
         .output()
         .unwrap_or_else(|e| panic!("{client} cannot run ({e}); run ./dev test to install it"));
