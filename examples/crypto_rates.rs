@@ -6,6 +6,10 @@
 //! Usage: crypto_rates [SECONDS per measurement, default 2]
 
 #[cfg(feature = "ssr")]
+#[path = "shared/rate.rs"]
+mod rate;
+
+#[cfg(feature = "ssr")]
 fn main() {
     use signet::domain::{Algorithm, RsaBits};
     use signet::server::crypto::{Signer, generate};
@@ -16,15 +20,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
     let budget = Duration::from_secs_f64(seconds);
-    let rate = |f: &mut dyn FnMut()| {
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed() < budget {
-            f();
-            n += 1;
-        }
-        n as f64 / start.elapsed().as_secs_f64()
-    };
+    let rate = |f: &mut dyn FnMut()| rate::per_second(budget, f);
     // A token-sized message: header and claims as /sign encodes them.
     let message = [b'a'; 180];
 

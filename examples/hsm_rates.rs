@@ -7,6 +7,10 @@
 //! Usage: SOFTHSM2_CONF=... hsm_rates MODULE TOKEN_LABEL PIN [SECONDS, default 2]
 
 #[cfg(feature = "ssr")]
+#[path = "shared/rate.rs"]
+mod rate;
+
+#[cfg(feature = "ssr")]
 fn main() {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::mechanism::Mechanism;
@@ -15,7 +19,7 @@ fn main() {
     use cryptoki::session::UserType;
     use signet::domain::{Algorithm, RsaBits};
     use signet::server::crypto::pkcs11::{Pin, Token, TokenChoice, TokenConfig};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let args: Vec<String> = std::env::args().collect();
     let [_, module, label, pin, rest @ ..] = args.as_slice() else {
@@ -24,15 +28,7 @@ fn main() {
     };
     let seconds: f64 = rest.first().and_then(|s| s.parse().ok()).unwrap_or(2.0);
     let budget = Duration::from_secs_f64(seconds);
-    let rate = |f: &mut dyn FnMut()| {
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed() < budget {
-            f();
-            n += 1;
-        }
-        n as f64 / start.elapsed().as_secs_f64()
-    };
+    let rate = |f: &mut dyn FnMut()| rate::per_second(budget, f);
     let config = TokenConfig {
         module: module.into(),
         token: TokenChoice::Label(label.clone()),
