@@ -231,9 +231,8 @@ fn mechanisms(alg: Algorithm) -> [MechanismType; 2] {
     }
 }
 
-/// The mechanisms `alg` needs that the token in `slot` does not list.
-fn missing_mechanisms(ctx: &Pkcs11, slot: Slot, alg: Algorithm) -> Vec<String> {
-    let available = ctx.get_mechanism_list(slot).unwrap_or_default();
+/// The mechanisms `alg` needs that are not among the token's `available` ones.
+fn missing_mechanisms(available: &[MechanismType], alg: Algorithm) -> Vec<String> {
     mechanisms(alg)
         .iter()
         .filter(|m| !available.contains(m))
@@ -324,8 +323,11 @@ impl Token {
                 },
             });
         };
+        let available = ctx
+            .get_mechanism_list(slot)
+            .map_err(|e| OpenError::Other(format!("cannot list the mechanisms: {e}")))?;
         for &alg in algorithms {
-            let missing = missing_mechanisms(&ctx, slot, alg);
+            let missing = missing_mechanisms(&available, alg);
             if !missing.is_empty() {
                 return Err(OpenError::Unsupported {
                     token: label,
@@ -563,7 +565,11 @@ impl Token {
     /// it on the token, verifies the signature in software against the public key the
     /// token gave out, and destroys both objects.
     pub fn self_test(&self, alg: Algorithm, bits: RsaBits) -> Result<(), String> {
-        let missing = missing_mechanisms(&self.ctx, self.slot, alg);
+        let available = self
+            .ctx
+            .get_mechanism_list(self.slot)
+            .map_err(|e| format!("cannot list the mechanisms: {e}"))?;
+        let missing = missing_mechanisms(&available, alg);
         if !missing.is_empty() {
             return Err(format!("the token lacks {}", missing.join(" and ")));
         }
