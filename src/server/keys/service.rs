@@ -169,13 +169,13 @@ impl KeyService {
             // async threads. Faster ones run here, as the handoff would cost about as much.
             // Signatures on a token wait here for one of its sessions, so the blocking pool
             // never holds more threads than the token has sessions.
-            let on_token = snapshot
-                .signers
-                .get(&alg)
-                .is_some_and(|s| matches!(s.signer, Signer::Token { .. }));
-            let _session = match &self.token {
-                Some(token) if on_token => Some(token.permits().acquire().await),
+            let token = match snapshot.signers.get(&alg).map(|s| &s.signer) {
+                Some(Signer::Token { token, .. }) => Some(token.clone()),
                 _ => None,
+            };
+            let _session = match &token {
+                Some(token) => Some(token.permits().acquire().await),
+                None => None,
             };
             let issuer = self.issuer.clone();
             tokio::task::spawn_blocking(move || {
