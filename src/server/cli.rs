@@ -328,7 +328,9 @@ async fn hsm_check(config: Config) -> anyhow::Result<()> {
             "module {}: loaded\ntoken '{}' in slot {}: logged in",
             settings.module.display(),
             token.label(),
-            token.slot_id()
+            token
+                .slot_id()
+                .map_or_else(|| "?".into(), |id| id.to_string())
         );
         let results: Vec<_> = algorithms
             .iter()

@@ -8,32 +8,44 @@
 //! installation's objects, and their age, from anything else on the token (another
 //! Signet installation sharing it included).
 //!
-//! Sessions are pooled, up to one per core; a caller beyond that waits for one. The login state of PKCS#11 belongs to the
-//! application, not to one session: the first session logs in, later ones inherit it. An
-//! operation that fails because the session or the login was lost drops the pooled
-//! sessions, logs in again on a fresh one and retries once.
+//! Sessions are pooled, up to one per core; a caller beyond that waits for one. The login
+//! state of PKCS#11 belongs to the application, not to one session: the first session logs
+//! in, later ones inherit it. An operation that fails because the session or the login was
+//! lost drops the pooled sessions, logs in again on a fresh one and retries once.
+//!
+//! When the token itself is lost (removed, reset, or its module finalised), or an object
+//! Signet expects is not found, the module is finalised and initialised again, the token
+//! is found again by its label, and the operation is retried once. That happens at most
+//! once per [`RECONNECT_PAUSE`]; until it works, operations fail at once with the reason,
+//! which `/sign` answers as a 503 and readiness reports.
 
 use super::{CryptoError, PublicJwk, unhex};
 use crate::domain::{Algorithm, RsaBits};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::{AuthPin, Ulong};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// The prefix of every object label Signet writes.
 pub const LABEL_PREFIX: &str = "signet:";
+
+/// The shortest time between two re-initialisations of the module. An object can also be
+/// missing for a good reason (another instance destroyed a revoked key before this one
+/// reloaded), so a missing object must not re-initialise the module on every request.
+pub const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
 /// DER of the named curve P-256 (OID 1.2.840.10045.3.1.7), for `CKA_EC_PARAMS`.
 const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -151,10 +163,43 @@ struct Sessions {
     open: usize,
 }
 
+/// Where the token was found, or why it cannot be reached.
+struct Link {
+    /// The token's slot; `None` while the token cannot be reached.
+    slot: Option<Slot>,
+    /// Why it cannot be reached (while `slot` is `None`).
+    lost: String,
+    /// Bumped by every reconnection attempt: a caller that failed on an older link just
+    /// tries again instead of re-initialising the module a second time.
+    generation: u64,
+    /// When the module was last re-initialised.
+    last_attempt: Option<Instant>,
+}
+
+/// What stopped an operation on the token.
+enum Failure {
+    /// The module refused it.
+    Module(CkError),
+    /// The token could not be reached at the last reconnection attempt.
+    Unreachable(String),
+}
+
+impl Failure {
+    /// Whether re-initialising the module might help.
+    fn needs_reconnect(&self) -> bool {
+        match self {
+            Failure::Unreachable(_) => true,
+            Failure::Module(e) => token_lost(e),
+        }
+    }
+}
+
 /// An open, logged-in token.
 pub struct Token {
     ctx: Pkcs11,
-    slot: Slot,
+    /// Every operation holds this for reading while it uses a session; a reconnection
+    /// holds it for writing, so no session is in use when the module is finalised.
+    link: RwLock<Link>,
     label: String,
     pin: Pin,
     /// Open sessions not in use, and how many are open in all (at most `max_sessions`:
@@ -167,6 +212,8 @@ pub struct Token {
     permits: tokio::sync::Semaphore,
     /// Operations the module refused, for `/metrics`.
     errors: AtomicU64,
+    /// Reconnections that found the token again, for `/metrics`.
+    reconnects: AtomicU64,
     /// The installation whose objects these are (in every label Signet writes).
     installation: String,
     /// The handle of each private object found, by `CKA_ID`: a handle stays valid for the
@@ -179,25 +226,82 @@ impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
             .field("label", &self.label)
-            .field("slot", &self.slot.id())
+            .field("slot", &self.slot_id())
             .finish_non_exhaustive()
     }
 }
 
-/// Whether an error means the session or the login is gone (worth one fresh try).
-fn lost(e: &CkError) -> bool {
+/// Whether an error means the session or the login is gone (a fresh session fixes it).
+fn session_lost(e: &CkError) -> bool {
     matches!(
         e,
         CkError::Pkcs11(
-            RvError::SessionHandleInvalid
-                | RvError::SessionClosed
-                | RvError::UserNotLoggedIn
-                | RvError::DeviceRemoved
-                | RvError::TokenNotPresent
-                | RvError::CryptokiNotInitialized,
+            RvError::SessionHandleInvalid | RvError::SessionClosed | RvError::UserNotLoggedIn,
             _
         )
     )
+}
+
+/// Whether an error means the token or the module's state of it is gone: only
+/// re-initialising the module can bring it back. A key handle that is still invalid after
+/// a fresh search counts too (SoftHSM2 marks a token whose files vanished as invalid for
+/// good, and reports its objects' handles as invalid).
+fn token_lost(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::DeviceRemoved
+                | RvError::DeviceError
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::SlotIdInvalid
+                | RvError::CryptokiNotInitialized
+                | RvError::GeneralError
+                | RvError::KeyHandleInvalid
+                | RvError::ObjectHandleInvalid,
+            _
+        )
+    )
+}
+
+/// `C_Initialize`, which may already have been called (by this process's other user of the
+/// module, or an earlier open).
+fn initialize(ctx: &Pkcs11) -> Result<(), CkError> {
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The slot of the token `choice` names, and its label.
+fn find_slot(ctx: &Pkcs11, choice: &TokenChoice) -> Result<(Slot, String), OpenError> {
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| OpenError::Other(format!("cannot list the slots: {e}")))?;
+    let mut present = Vec::new();
+    let mut found = None;
+    for slot in slots {
+        let Ok(info) = ctx.get_token_info(slot) else {
+            continue;
+        };
+        let label = info.label().trim().to_string();
+        let wanted = match choice {
+            TokenChoice::Label(l) => *l == label,
+            TokenChoice::Slot(id) => *id == slot.id(),
+        };
+        if wanted && found.is_none() {
+            found = Some((slot, label.clone()));
+        }
+        present.push(format!("'{label}' in slot {}", slot.id()));
+    }
+    found.ok_or_else(|| OpenError::NoToken {
+        choice: choice.clone(),
+        present: if present.is_empty() {
+            "none".into()
+        } else {
+            present.join(", ")
+        },
+    })
 }
 
 fn hsm(e: CkError) -> CryptoError {
@@ -290,39 +394,8 @@ impl Token {
             return Err(module_error("no such file".into()));
         }
         let ctx = Pkcs11::new(&config.module).map_err(|e| module_error(e.to_string()))?;
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(module_error(format!("C_Initialize failed: {e}"))),
-        }
-        let slots = ctx
-            .get_slots_with_token()
-            .map_err(|e| OpenError::Other(format!("cannot list the slots: {e}")))?;
-        let mut present = Vec::new();
-        let mut found = None;
-        for slot in slots {
-            let Ok(info) = ctx.get_token_info(slot) else {
-                continue;
-            };
-            let label = info.label().trim().to_string();
-            let wanted = match &config.token {
-                TokenChoice::Label(l) => *l == label,
-                TokenChoice::Slot(id) => *id == slot.id(),
-            };
-            if wanted && found.is_none() {
-                found = Some((slot, label.clone()));
-            }
-            present.push(format!("'{label}' in slot {}", slot.id()));
-        }
-        let Some((slot, label)) = found else {
-            return Err(OpenError::NoToken {
-                choice: config.token.clone(),
-                present: if present.is_empty() {
-                    "none".into()
-                } else {
-                    present.join(", ")
-                },
-            });
-        };
+        initialize(&ctx).map_err(|e| module_error(format!("C_Initialize failed: {e}")))?;
+        let (slot, label) = find_slot(&ctx, &config.token)?;
         let available = ctx
             .get_mechanism_list(slot)
             .map_err(|e| OpenError::Other(format!("cannot list the mechanisms: {e}")))?;
@@ -338,7 +411,12 @@ impl Token {
         }
         let token = Self {
             ctx,
-            slot,
+            link: RwLock::new(Link {
+                slot: Some(slot),
+                lost: String::new(),
+                generation: 0,
+                last_attempt: None,
+            }),
             label,
             pin: config.pin.clone(),
             sessions: Mutex::new(Sessions::default()),
@@ -348,10 +426,11 @@ impl Token {
                 std::thread::available_parallelism().map_or(2, usize::from),
             ),
             errors: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
             installation: installation.to_string(),
             handles: Mutex::new(HashMap::new()),
         };
-        let session = token.login().map_err(|e| match e {
+        let session = token.login(slot).map_err(|e| match e {
             CkError::Pkcs11(
                 RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange,
                 _,
@@ -381,9 +460,9 @@ impl Token {
         &self.permits
     }
 
-    /// The slot the token is in.
-    pub fn slot_id(&self) -> u64 {
-        self.slot.id()
+    /// The slot the token is in, while it can be reached.
+    pub fn slot_id(&self) -> Option<u64> {
+        self.link().slot.map(|s| s.id())
     }
 
     /// How many operations the module refused since the start.
@@ -391,10 +470,19 @@ impl Token {
         self.errors.load(Ordering::Relaxed)
     }
 
+    /// How many times the module was re-initialised and found the token again.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    fn link(&self) -> std::sync::RwLockReadGuard<'_, Link> {
+        self.link.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A new read-write session, logged in (the application's login, if there is one
     /// already, covers it).
-    fn login(&self) -> Result<Session, CkError> {
-        let session = self.ctx.open_rw_session(self.slot)?;
+    fn login(&self, slot: Slot) -> Result<Session, CkError> {
+        let session = self.ctx.open_rw_session(slot)?;
         match session.login(UserType::User, Some(&self.pin.auth())) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
             Err(e) => Err(e),
@@ -407,7 +495,7 @@ impl Token {
 
     /// A session: an idle one, a new one while fewer than `max_sessions` are open, or
     /// else the next one given back (waiting without using the CPU).
-    fn take(&self) -> Result<Session, CkError> {
+    fn take(&self, slot: Slot) -> Result<Session, CkError> {
         let mut pool = self.pool();
         loop {
             if let Some(session) = pool.idle.pop() {
@@ -416,7 +504,7 @@ impl Token {
             if pool.open < self.max_sessions {
                 pool.open += 1;
                 drop(pool);
-                return self.login().inspect_err(|_| self.closed(1));
+                return self.login(slot).inspect_err(|_| self.closed(1));
             }
             pool = self.freed.wait(pool).unwrap_or_else(|p| p.into_inner());
         }
@@ -436,38 +524,105 @@ impl Token {
     }
 
     /// Closes `session` and every idle one: after a lost session or login, none of them
-    /// can be trusted.
+    /// can be trusted. Nor can the cached object handles: sessions vanish together when
+    /// the module was initialised again, and its new handles may name other objects.
     fn forget_sessions(&self, session: Session) {
-        drop(session);
-        let idle = std::mem::take(&mut self.pool().idle);
-        let n = idle.len() + 1;
-        drop(idle);
+        // Closing a session the module already forgot fails; that is expected here.
+        let _ = session.close();
+        let n = self.close_idle() + 1;
         self.closed(n);
-    }
-
-    /// Runs `op` on a pooled session. When the session or the login was lost, starts over
-    /// once on a fresh, logged-in session.
-    fn with_session<T>(&self, op: impl Fn(&Session) -> Result<T, CkError>) -> Result<T, CkError> {
-        let result = self.try_with_session(op);
-        if result.is_err() {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut handles) = self.handles.lock() {
+            handles.clear();
         }
-        result
     }
 
-    fn try_with_session<T>(
+    /// Closes the idle sessions; returns how many there were.
+    fn close_idle(&self) -> usize {
+        let idle = std::mem::take(&mut self.pool().idle);
+        let n = idle.len();
+        for session in idle {
+            let _ = session.close();
+        }
+        n
+    }
+
+    /// Runs `op` on a pooled session. A lost session or login gets one more try on a fresh
+    /// session; a lost token gets one more try after a reconnection.
+    fn with_session<T>(
         &self,
         op: impl Fn(&Session) -> Result<T, CkError>,
+    ) -> Result<T, CryptoError> {
+        self.run(&op, |_| false)
+    }
+
+    /// Like [`Self::with_session`] for an operation on an object: `None` (the object is
+    /// not found) is worth a reconnection too, as a token whose module lost track of it
+    /// looks exactly like that.
+    fn with_object<T>(
+        &self,
+        op: impl Fn(&Session) -> Result<Option<T>, CkError>,
+    ) -> Result<Option<T>, CryptoError> {
+        self.run(&op, Option::is_none)
+    }
+
+    fn run<T>(
+        &self,
+        op: &impl Fn(&Session) -> Result<T, CkError>,
+        suspicious: impl Fn(&T) -> bool,
+    ) -> Result<T, CryptoError> {
+        let (generation, result) = self.attempt(op);
+        let again = match &result {
+            Ok(v) => suspicious(v),
+            Err(failure) => failure.needs_reconnect(),
+        };
+        let result = if again && self.reconnect(generation) {
+            self.attempt(op).1
+        } else {
+            result
+        };
+        result.map_err(|failure| {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            match failure {
+                Failure::Module(e) => hsm(e),
+                Failure::Unreachable(why) => {
+                    CryptoError::Hsm(format!("token '{}' cannot be reached: {why}", self.label))
+                }
+            }
+        })
+    }
+
+    /// One try of `op` on the current link; returns the link's generation too.
+    fn attempt<T>(
+        &self,
+        op: &impl Fn(&Session) -> Result<T, CkError>,
+    ) -> (u64, Result<T, Failure>) {
+        let link = self.link();
+        let Some(slot) = link.slot else {
+            return (
+                link.generation,
+                Err(Failure::Unreachable(link.lost.clone())),
+            );
+        };
+        (
+            link.generation,
+            self.on_session(slot, op).map_err(Failure::Module),
+        )
+    }
+
+    fn on_session<T>(
+        &self,
+        slot: Slot,
+        op: &impl Fn(&Session) -> Result<T, CkError>,
     ) -> Result<T, CkError> {
-        let session = self.take()?;
+        let session = self.take(slot)?;
         match op(&session) {
             Ok(v) => {
                 self.give_back(session);
                 Ok(v)
             }
-            Err(e) if lost(&e) => {
+            Err(e) if session_lost(&e) => {
                 self.forget_sessions(session);
-                let fresh = self.take()?;
+                let fresh = self.take(slot)?;
                 let result = op(&fresh);
                 self.give_back(fresh);
                 result
@@ -479,46 +634,83 @@ impl Token {
         }
     }
 
+    /// Finalises the module, initialises it again, finds the token by its label and logs
+    /// in, unless another caller did so since `seen` (then its outcome is this one's) or
+    /// the last attempt is less than [`RECONNECT_PAUSE`] ago. Whether the token can be
+    /// reached now.
+    fn reconnect(&self, seen: u64) -> bool {
+        let mut link = self.link.write().unwrap_or_else(|p| p.into_inner());
+        if link.generation != seen {
+            return link.slot.is_some();
+        }
+        if link
+            .last_attempt
+            .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE)
+        {
+            return false;
+        }
+        link.last_attempt = Some(Instant::now());
+        link.generation += 1;
+        // Holding the link for writing: no session is in use, so none is closed under a
+        // caller. Handles of the old sessions and objects mean nothing after C_Finalize.
+        self.close_idle();
+        self.pool().open = 0;
+        if let Ok(mut handles) = self.handles.lock() {
+            handles.clear();
+        }
+        let _ = self.ctx.clone().finalize();
+        let connected = initialize(&self.ctx)
+            .map_err(|e| format!("C_Initialize failed: {e}"))
+            .and_then(|()| {
+                find_slot(&self.ctx, &TokenChoice::Label(self.label.clone()))
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|(slot, _)| {
+                let session = self
+                    .login(slot)
+                    .map_err(|e| format!("cannot log in: {e}"))?;
+                Ok((slot, session))
+            });
+        match connected {
+            Ok((slot, session)) => {
+                self.pool().open += 1;
+                self.give_back(session);
+                link.slot = Some(slot);
+                link.lost.clear();
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(token = %self.label, slot = slot.id(), "PKCS#11 module initialised again; the token is back");
+                true
+            }
+            Err(why) => {
+                tracing::warn!(token = %self.label, error = %why, "the PKCS#11 token cannot be reached; trying again on the next operation after {}s", RECONNECT_PAUSE.as_secs());
+                link.slot = None;
+                link.lost = why;
+                false
+            }
+        }
+    }
+
     /// Generates a key pair for `alg` on the token. The private object is a token object,
     /// private, sensitive and not extractable; the public object is a session object,
     /// destroyed as soon as its values are read.
     pub fn generate(&self, alg: Algorithm, bits: RsaBits) -> Result<TokenKey, CryptoError> {
         let id = random_id(alg)?;
         let template = Template::new(alg, bits, &id, self.label_for_now(), true);
-        // Not retried as a whole: a second attempt after a generation that worked would
-        // make a second object with the same CKA_ID. A session lost before generation is
-        // replaced once, as the session pool does for other operations.
-        let session = self.take().map_err(|e| self.failed(e))?;
-        let generate = |s: &Session| {
-            s.generate_key_pair(&template.mechanism, &template.public, &template.private)
-        };
-        match generate(&session) {
-            Ok((public, private)) => self.finish_generation(session, alg, &id, public, private),
-            Err(e) if lost(&e) => {
-                self.forget_sessions(session);
-                let fresh = self.take().map_err(|e| self.failed(e))?;
-                match generate(&fresh) {
-                    Ok((public, private)) => {
-                        self.finish_generation(fresh, alg, &id, public, private)
-                    }
-                    Err(e) => {
-                        self.give_back(fresh);
-                        Err(self.failed(e))
-                    }
-                }
-            }
-            Err(e) => {
-                self.give_back(session);
-                Err(self.failed(e))
-            }
-        }
+        // C_GenerateKeyPair makes both objects or neither, so only a refused generation is
+        // tried again (on a fresh session, or after a reconnection). Reading the public
+        // half is not: a failure there destroys the pair, and the error stands.
+        self.with_session(|s| {
+            let (public, private) =
+                s.generate_key_pair(&template.mechanism, &template.public, &template.private)?;
+            Ok(self.finish_generation(s, alg, &id, public, private))
+        })?
     }
 
     /// Reads the public values of a fresh pair and destroys the public object; on any
     /// failure destroys the private object too, so nothing unreferenced is left.
     fn finish_generation(
         &self,
-        session: Session,
+        session: &Session,
         alg: Algorithm,
         id: &[u8],
         public: ObjectHandle,
@@ -529,20 +721,13 @@ impl Token {
         let jwk = values
             .map_err(|e| self.failed(e))
             .and_then(|values| public_jwk(alg, values));
-        match jwk {
-            Ok(jwk) => {
-                self.give_back(session);
-                Ok(TokenKey {
-                    id: super::hex(id),
-                    jwk,
-                })
-            }
-            Err(e) => {
-                let _ = session.destroy_object(private);
-                self.give_back(session);
-                Err(e)
-            }
+        if jwk.is_err() {
+            let _ = session.destroy_object(private);
         }
+        Ok(TokenKey {
+            id: super::hex(id),
+            jwk: jwk?,
+        })
     }
 
     /// Counts a refused operation and turns it into the error callers see.
@@ -565,9 +750,13 @@ impl Token {
     /// it on the token, verifies the signature in software against the public key the
     /// token gave out, and destroys both objects.
     pub fn self_test(&self, alg: Algorithm, bits: RsaBits) -> Result<(), String> {
+        let slot = self
+            .link()
+            .slot
+            .ok_or_else(|| format!("token '{}' cannot be reached", self.label))?;
         let available = self
             .ctx
-            .get_mechanism_list(self.slot)
+            .get_mechanism_list(slot)
             .map_err(|e| format!("cannot list the mechanisms: {e}"))?;
         let missing = missing_mechanisms(&available, alg);
         if !missing.is_empty() {
@@ -603,13 +792,20 @@ impl Token {
         }
     }
 
-    /// The private object with this `CKA_ID` (hex), if the token has it.
+    /// The private objects with this `CKA_ID`.
+    fn find_all(&self, session: &Session, id: &[u8]) -> Result<Vec<ObjectHandle>, CkError> {
+        private_objects(
+            session,
+            &[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Id(id.to_vec()),
+            ],
+        )
+    }
+
+    /// The private object with this `CKA_ID`, if the token has it.
     fn find(&self, session: &Session, id: &[u8]) -> Result<Option<ObjectHandle>, CkError> {
-        let found = session.find_objects(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::Id(id.to_vec()),
-        ])?;
-        Ok(found.first().copied())
+        Ok(self.find_all(session, id)?.first().copied())
     }
 
     /// Signs `message` with the private object `id` (hex). For ES256 the token signs the
@@ -624,7 +820,7 @@ impl Token {
             message
         };
         let mechanism = sign_mechanism(alg);
-        self.with_session(|s| {
+        self.with_object(|s| {
             let cached = self.handles.lock().ok().and_then(|h| h.get(&id).copied());
             if let Some(key) = cached {
                 match s.sign(&mechanism, key, data) {
@@ -642,8 +838,7 @@ impl Token {
                 handles.insert(id.clone(), key);
             }
             s.sign(&mechanism, key, data).map(Some)
-        })
-        .map_err(hsm)?
+        })?
         .ok_or_else(|| {
             let why = format!(
                 "token '{}' holds no private object with CKA_ID {} (destroyed, or another \
@@ -659,8 +854,8 @@ impl Token {
     /// Whether the token holds the private object `id` (hex).
     pub fn has(&self, id: &str) -> Result<bool, CryptoError> {
         let id = unhex(id).ok_or(CryptoError::Sign)?;
-        self.with_session(|s| self.find(s, &id).map(|h| h.is_some()))
-            .map_err(hsm)
+        self.with_object(|s| self.find(s, &id).map(|h| h.map(|_| ())))
+            .map(|found| found.is_some())
     }
 
     /// Destroys the private object `id` (hex). Destroying one that is already gone is not
@@ -671,22 +866,21 @@ impl Token {
             handles.remove(&id);
         }
         self.with_session(|s| {
-            let all = s.find_objects(&[
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::Id(id.clone()),
-            ])?;
-            for handle in all {
-                s.destroy_object(handle)?;
+            for handle in self.find_all(s, &id)? {
+                match s.destroy_object(handle) {
+                    // Destroyed in between by another instance sharing the token.
+                    Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => {}
+                    other => other?,
+                }
             }
             Ok(())
         })
-        .map_err(hsm)
     }
 
     /// Every private object on the token with Signet's label prefix.
     pub fn objects(&self) -> Result<Vec<TokenObject>, CryptoError> {
         self.with_session(|s| {
-            let handles = s.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])?;
+            let handles = private_objects(s, &[Attribute::Class(ObjectClass::PRIVATE_KEY)])?;
             let mut out = Vec::new();
             for h in handles {
                 let attrs = s.get_attributes(h, &[AttributeType::Id, AttributeType::Label])?;
@@ -708,8 +902,27 @@ impl Token {
             }
             Ok(out)
         })
-        .map_err(hsm)
     }
+}
+
+/// Searches for private objects. Without the user's login they are invisible, so an empty
+/// answer on a session that lost the login is reported as the lost login it is (the pool
+/// then logs in again), not as objects that are gone.
+fn private_objects(
+    session: &Session,
+    template: &[Attribute],
+) -> Result<Vec<ObjectHandle>, CkError> {
+    let found = session.find_objects(template)?;
+    if found.is_empty() {
+        let state = session.get_session_info()?.session_state();
+        if !matches!(state, SessionState::RoUser | SessionState::RwUser) {
+            return Err(CkError::Pkcs11(
+                RvError::UserNotLoggedIn,
+                Function::FindObjects,
+            ));
+        }
+    }
+    Ok(found)
 }
 
 /// A random 16-byte `CKA_ID`.

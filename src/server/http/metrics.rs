@@ -77,12 +77,22 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     }
     out.push_str("# HELP signet_hsm_errors_total Operations the PKCS#11 module refused (with a token configured).\n");
     out.push_str("# TYPE signet_hsm_errors_total counter\n");
-    if let Some(token) = keys.token() {
-        let label = token.label().replace(['\\', '"', '\n'], "_");
+    let token = keys.token();
+    let label = token.map(|t| t.label().replace(['\\', '"', '\n'], "_"));
+    if let (Some(token), Some(label)) = (token, &label) {
         let _ = writeln!(
             out,
             "signet_hsm_errors_total{{token=\"{label}\"}} {}",
             token.errors()
+        );
+    }
+    out.push_str("# HELP signet_hsm_reconnects_total Times the PKCS#11 module was initialised again and found the token.\n");
+    out.push_str("# TYPE signet_hsm_reconnects_total counter\n");
+    if let (Some(token), Some(label)) = (token, &label) {
+        let _ = writeln!(
+            out,
+            "signet_hsm_reconnects_total{{token=\"{label}\"}} {}",
+            token.reconnects()
         );
     }
     out.push_str("# HELP signet_rotation_overdue 1 when an active key is older than the schedule's period plus a margin.\n");

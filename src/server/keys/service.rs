@@ -751,7 +751,7 @@ impl KeyService {
             }
             let new_keys = self.generate(&plan.generate).await?;
             #[cfg(debug_assertions)]
-            fault_after_token_generation(&new_keys);
+            fault_after_token_generation(&new_keys).await;
             let kids = plan
                 .transitions
                 .iter()
@@ -951,16 +951,22 @@ impl KeyService {
         let objects = tokio::task::spawn_blocking(move || t.objects())
             .await
             .map_err(|_| CryptoError::Hsm("listing the token's objects stopped".into()))??;
-        let orphans: Vec<String> = objects
+        // Only this installation's objects, and only once they are old enough: a younger
+        // one may belong to a change still in flight on another instance.
+        let (orphans, young): (Vec<_>, Vec<_>) = objects
             .into_iter()
             .filter(|o| !live.contains(&o.id))
-            // Only this installation's objects, and only once they are old enough.
-            .filter(|o| {
-                o.made_by(token.installation())
-                    .is_some_and(|made| now.timestamp() - made >= grace)
-            })
-            .map(|o| o.id)
-            .collect();
+            .filter_map(|o| Some((o.made_by(token.installation())?, o.id)))
+            .partition(|(made, _)| now.timestamp() - made >= grace);
+        if !young.is_empty() {
+            tracing::info!(
+                count = young.len(),
+                token = token.label(),
+                "unreferenced token objects younger than pkcs11_orphan_grace kept (a key \
+                 change may still be committing them)"
+            );
+        }
+        let orphans: Vec<String> = orphans.into_iter().map(|(_, id)| id).collect();
         if orphans.is_empty() {
             return Ok(0);
         }
@@ -1024,16 +1030,27 @@ impl KeyService {
     }
 }
 
-/// Fault injection for the tests, in debug builds only: with
-/// `SIGNET_FAULT=abort-after-token-generation`, the process aborts once it has generated
-/// keys on the token and before it commits them, as a crash there would.
+/// Fault injection for the tests, in debug builds only, once keys were generated on the
+/// token and before they are committed:
+/// - `SIGNET_FAULT=abort-after-token-generation` aborts the process, as a crash would;
+/// - `SIGNET_FAULT=pause-after-token-generation:<seconds>` waits that long, as a slow
+///   commit would, so another instance can run its orphan sweep meanwhile.
 #[cfg(debug_assertions)]
-fn fault_after_token_generation(new_keys: &[NewKey]) {
-    if new_keys.iter().any(|k| k.hsm_object.is_some())
-        && std::env::var("SIGNET_FAULT").as_deref() == Ok("abort-after-token-generation")
-    {
+async fn fault_after_token_generation(new_keys: &[NewKey]) {
+    if !new_keys.iter().any(|k| k.hsm_object.is_some()) {
+        return;
+    }
+    let fault = std::env::var("SIGNET_FAULT").unwrap_or_default();
+    if fault == "abort-after-token-generation" {
         eprintln!("signet: SIGNET_FAULT: aborting after generating keys on the token");
         std::process::abort();
+    }
+    if let Some(secs) = fault
+        .strip_prefix("pause-after-token-generation:")
+        .and_then(|s| s.parse().ok())
+    {
+        eprintln!("signet: SIGNET_FAULT: pausing {secs}s after generating keys on the token");
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
     }
 }
 
