@@ -470,6 +470,11 @@ impl Token {
         self.errors.load(Ordering::Relaxed)
     }
 
+    /// How many sessions are open now (never more than one per core).
+    pub fn sessions_open(&self) -> usize {
+        self.pool().open
+    }
+
     /// How many times the module was re-initialised and found the token again.
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)

@@ -86,6 +86,15 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             token.errors()
         );
     }
+    out.push_str("# HELP signet_hsm_sessions_open PKCS#11 sessions open (at most one per core).\n");
+    out.push_str("# TYPE signet_hsm_sessions_open gauge\n");
+    if let (Some(token), Some(label)) = (token, &label) {
+        let _ = writeln!(
+            out,
+            "signet_hsm_sessions_open{{token=\"{label}\"}} {}",
+            token.sessions_open()
+        );
+    }
     out.push_str("# HELP signet_hsm_reconnects_total Times the PKCS#11 module was initialised again and found the token.\n");
     out.push_str("# TYPE signet_hsm_reconnects_total counter\n");
     if let (Some(token), Some(label)) = (token, &label) {
