@@ -970,10 +970,10 @@ async fn hsm_a_change_that_loses_a_race_destroys_what_it_generated() {
 }
 
 /// Signet's session pool on the real module: 4 signers per core share at most one session
-/// per core. A lost login, a module initialised again under Signet, and a module finalised
-/// under it are each real faults of the module Signet's session pool uses, made by a second user of
-/// the same module in the same process: a child of the test binary, as the token's
-/// `SOFTHSM2_CONF` must be in its environment before the module loads.
+/// per core. A lost login, sessions the module forgot, a module finalised under Signet and
+/// a PIN changed meanwhile are real faults of the module, made by a second user of it in
+/// the same process: a child of the test binary, as the token's `SOFTHSM2_CONF` must be in
+/// its environment before the module loads.
 #[test]
 fn hsm_the_session_pool_stays_bounded_and_recovers_without_a_restart() {
     let hsm = SoftHsm::new("");
@@ -995,6 +995,9 @@ fn hsm_the_session_pool_stays_bounded_and_recovers_without_a_restart() {
 #[ignore = "a child process of hsm_the_session_pool_stays_bounded_and_recovers_without_a_restart"]
 fn hsm_probe_the_pool_survives_module_faults() {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::error::{Error, RvError};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
     use signet::domain::{Algorithm, RsaBits};
     use signet::server::crypto::pkcs11::{Pin, Token, TokenChoice, TokenConfig};
     use signet::server::crypto::signing::verify;
@@ -1004,27 +1007,35 @@ fn hsm_probe_the_pool_survives_module_faults() {
         pin: Pin::new(PIN.into()),
     };
     let token = Token::open(&config, &[Algorithm::ES256], "probe").unwrap();
-    let key = token
-        .generate(Algorithm::ES256, RsaBits::default())
-        .unwrap();
-    let signs = |step: &str| {
-        let message = format!("after {step}");
-        let signature = token
-            .sign(Algorithm::ES256, &key.id, message.as_bytes())
-            .unwrap_or_else(|e| panic!("{step}: {e}"));
-        assert!(
-            verify(Algorithm::ES256, &key.jwk, message.as_bytes(), &signature),
-            "{step}: the signature does not verify"
-        );
+    let keys: Vec<_> = (0..3)
+        .map(|_| {
+            token
+                .generate(Algorithm::ES256, RsaBits::default())
+                .unwrap()
+        })
+        .collect();
+    // Every key signs, and each signature verifies against that key's own public half
+    // (a stale object handle could name another key).
+    let sign_all = |step: &str| {
+        for (n, key) in keys.iter().enumerate() {
+            let message = format!("{step}: key {n}");
+            let signature = token
+                .sign(Algorithm::ES256, &key.id, message.as_bytes())
+                .unwrap_or_else(|e| panic!("{step}, key {n}: {e}"));
+            assert!(
+                verify(Algorithm::ES256, &key.jwk, message.as_bytes(), &signature),
+                "{step}: key {n}'s signature does not verify"
+            );
+        }
     };
-    signs("the start");
+    sign_all("the start");
 
     // Many signers at once share at most one session per core; none fails.
     let cores = std::thread::available_parallelism().unwrap().get();
     let most = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for t in 0..4 * cores {
-            let (token, key, most) = (&token, &key, &most);
+            let (token, key, most) = (&token, &keys[t % keys.len()], &most);
             scope.spawn(move || {
                 for i in 0..50 {
                     let message = format!("{t}/{i}");
@@ -1051,43 +1062,107 @@ fn hsm_probe_the_pool_survives_module_faults() {
     let init = |ctx: &Pkcs11| match ctx
         .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
     {
-        Ok(())
-        | Err(cryptoki::error::Error::Pkcs11(
-            cryptoki::error::RvError::CryptokiAlreadyInitialized,
-            _,
-        )) => {}
+        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => panic!("C_Initialize: {e}"),
     };
     init(&other);
-    let slot = other
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| other.get_token_info(*s).unwrap().label().trim() == LABEL)
-        .unwrap();
+    let slot = || {
+        other
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| other.get_token_info(*s).unwrap().label().trim() == LABEL)
+            .unwrap()
+    };
 
     // 1. The application is logged out (the login belongs to the application, so every
-    //    pooled session loses it): one fresh session logs in again.
-    other.open_ro_session(slot).unwrap().logout().unwrap();
-    signs("a logout");
+    //    pooled session loses it, and the module forgets the private objects' handles).
+    other.open_ro_session(slot()).unwrap().logout().unwrap();
+    sign_all("a logout");
     assert_eq!((token.errors(), token.reconnects()), (0, 0));
 
-    // 2. The module is finalised and initialised again: every session and object handle
-    //    Signet holds is gone, and the new handles may name other objects.
+    // 2. The module forgets every session: finalised and initialised again, after which
+    //    the second user opens and closes sessions until the module's handle counter is
+    //    past every number Signet held. (Had it not, the module could hand Signet's old
+    //    numbers to new sessions and objects, which no caller can tell apart: Signet must
+    //    be the module's only user in its process, as it is in `signet serve`.)
     other.clone().finalize().unwrap();
     init(&other);
-    signs("a re-initialisation");
+    for _ in 0..200 {
+        drop(other.open_ro_session(slot()).unwrap());
+    }
+    sign_all("the module forgot the sessions");
     assert_eq!((token.errors(), token.reconnects()), (0, 0));
 
-    // 3. The module is finalised and left so: only initialising it again helps.
+    // 3. The module is finalised and left so: only initialising it again helps. Eight
+    //    signers hit that at once; one reconnects, the others use its work.
     other.clone().finalize().unwrap();
-    signs("a finalisation");
+    let start = std::sync::Barrier::new(8);
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let (token, key, start) = (&token, &keys[t % keys.len()], &start);
+            scope.spawn(move || {
+                start.wait();
+                let message = format!("at once {t}");
+                let signature = token
+                    .sign(Algorithm::ES256, &key.id, message.as_bytes())
+                    .unwrap_or_else(|e| panic!("signer {t}: {e}"));
+                assert!(verify(
+                    Algorithm::ES256,
+                    &key.jwk,
+                    message.as_bytes(),
+                    &signature
+                ));
+            });
+        }
+    });
     assert_eq!((token.errors(), token.reconnects()), (0, 1));
-    assert!(token.has(&key.id).unwrap());
-    token.destroy(&key.id).unwrap();
-    // Gone for good now: reported as missing, not as a fault, and no second
-    // re-initialisation within the pause.
-    assert!(!token.has(&key.id).unwrap());
+    sign_all("a finalisation");
+
+    // 4. A key destroyed (as another instance does after a revocation) is reported as
+    //    missing; the token still shows other keys, so that is no reason to reconnect.
+    token.destroy(&keys[0].id).unwrap();
+    assert!(!token.has(&keys[0].id).unwrap());
+    assert!(token.has(&keys[1].id).unwrap());
+    assert_eq!(token.reconnects(), 1);
+
+    // 5. The PIN changes while the module is finalised again: the reconnection's login is
+    //    refused, and Signet says so naming pkcs11_pin, and never tries that PIN again
+    //    (a few wrong tries lock the PIN of most HSMs).
+    let session = other.open_rw_session(slot()).unwrap();
+    // Signet's reconnection logged the application in already.
+    match session.login(UserType::User, Some(&AuthPin::new(PIN.into()))) {
+        Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => panic!("login: {e}"),
+    }
+    session
+        .set_pin(&AuthPin::new(PIN.into()), &AuthPin::new("135246".into()))
+        .unwrap();
+    drop(session);
+    other.clone().finalize().unwrap();
+    std::thread::sleep(signet::server::crypto::pkcs11::RECONNECT_PAUSE);
+    let refused = token
+        .sign(Algorithm::ES256, &keys[1].id, b"x")
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("pkcs11_pin"), "{refused}");
+    // The old PIN is back: a later try would now succeed, so only one that never happens
+    // keeps failing.
+    let session = other.open_rw_session(slot()).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::new("135246".into())))
+        .unwrap();
+    session
+        .set_pin(&AuthPin::new("135246".into()), &AuthPin::new(PIN.into()))
+        .unwrap();
+    session.logout().unwrap();
+    drop(session);
+    std::thread::sleep(signet::server::crypto::pkcs11::RECONNECT_PAUSE);
+    let again = token
+        .sign(Algorithm::ES256, &keys[1].id, b"x")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(again, refused, "a second try must not happen");
     assert_eq!(token.reconnects(), 1);
 }
 
@@ -1104,7 +1179,14 @@ async fn hsm_the_grace_period_protects_a_change_in_flight_on_another_instance() 
         set(&mut env, "SIGNET_LOG", "info");
         let logs = db.data_dir.path();
         let mut slow = env.clone();
-        set(&mut slow, "SIGNET_FAULT", "pause-after-token-generation:8");
+        let go_on = logs.join("go-on");
+        set(
+            &mut slow,
+            "SIGNET_FAULT",
+            &format!("pause-after-token-generation:{}", go_on.display()),
+        );
+        // The keys exist before B starts (B would pause in its own bootstrap).
+        serve(&env, &logs.join("first.log")).await.sigkill().await;
         let b = serve(&slow, &logs.join("b.log")).await;
         let before = hsm.private_ids();
         let secret = cli_token(&env, "grace", &["keys:write"]).await;
@@ -1138,6 +1220,9 @@ async fn hsm_the_grace_period_protects_a_change_in_flight_on_another_instance() 
         set(&mut a_env, "SIGNET_PKCS11_ORPHAN_GRACE", grace);
         let a = serve(&a_env, &logs.join("a.log")).await;
         let a_log = std::fs::read_to_string(logs.join("a.log")).unwrap();
+        // Only now may B commit.
+        assert!(!rotation.is_finished(), "B committed before A swept");
+        std::fs::write(&go_on, "").unwrap();
         let (status, answer) = rotation.await.unwrap();
         assert_eq!(status, 200, "{answer}");
         let b_log = std::fs::read_to_string(logs.join("b.log")).unwrap();

@@ -169,38 +169,67 @@ struct Link {
     slot: Option<Slot>,
     /// Why it cannot be reached (while `slot` is `None`).
     lost: String,
-    /// Bumped by every reconnection attempt: a caller that failed on an older link just
-    /// tries again instead of re-initialising the module a second time.
+    /// Bumped by every repair: a caller that failed before it just tries again instead of
+    /// repairing a second time.
     generation: u64,
     /// When the module was last re-initialised.
-    last_attempt: Option<Instant>,
+    last_reconnect: Option<Instant>,
+    /// The token refused the PIN at a reconnection: it is not tried again, as a few wrong
+    /// tries lock the user PIN of most HSMs.
+    pin_refused: bool,
 }
 
 /// What stopped an operation on the token.
 enum Failure {
     /// The module refused it.
     Module(CkError),
-    /// The token could not be reached at the last reconnection attempt.
+    /// The token could not be reached at the last reconnection.
     Unreachable(String),
 }
 
+/// What may fix a failed operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repair {
+    /// The login is gone (it belongs to the application): close the pooled sessions,
+    /// which are still open, and log in on a fresh one.
+    Login,
+    /// The module closed the sessions: forget them (closing their numbers could close
+    /// sessions the module hands out next) and open a fresh one.
+    Sessions,
+    /// The token or the module's state of it is gone: finalise the module, initialise it
+    /// again and find the token again. At most once per [`RECONNECT_PAUSE`].
+    Module,
+}
+
 impl Failure {
-    /// Whether re-initialising the module might help.
-    fn needs_reconnect(&self) -> bool {
+    fn repair(&self) -> Option<Repair> {
         match self {
-            Failure::Unreachable(_) => true,
-            Failure::Module(e) => token_lost(e),
+            Failure::Unreachable(_) => Some(Repair::Module),
+            Failure::Module(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => Some(Repair::Login),
+            Failure::Module(CkError::Pkcs11(
+                RvError::SessionHandleInvalid | RvError::SessionClosed,
+                _,
+            )) => Some(Repair::Sessions),
+            Failure::Module(e) if token_lost(e) => Some(Repair::Module),
+            Failure::Module(_) => None,
         }
     }
 }
 
 /// An open, logged-in token.
+///
+/// Sessions are opened so that dropping one does not close it: Signet closes a session
+/// only while it knows the number is still the module's (see [`Repair`]).
 pub struct Token {
     ctx: Pkcs11,
-    /// Every operation holds this for reading while it uses a session; a reconnection
-    /// holds it for writing, so no session is in use when the module is finalised.
+    /// Every operation holds this for reading while it uses a session; a repair holds it
+    /// for writing, so no session is in use while sessions are closed or forgotten, or the
+    /// module is finalised. (No operation may take it again while it holds it.)
     link: RwLock<Link>,
     label: String,
+    /// The token's serial number: a reconnection must find this very token again, not
+    /// another one with the same label.
+    serial: String,
     pin: Pin,
     /// Open sessions not in use, and how many are open in all (at most `max_sessions`:
     /// a caller beyond that waits for one to be given back rather than opening more).
@@ -224,28 +253,15 @@ pub struct Token {
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the slot: reading it takes the link, which a caller may be holding.
         f.debug_struct("Token")
             .field("label", &self.label)
-            .field("slot", &self.slot_id())
             .finish_non_exhaustive()
     }
 }
 
-/// Whether an error means the session or the login is gone (a fresh session fixes it).
-fn session_lost(e: &CkError) -> bool {
-    matches!(
-        e,
-        CkError::Pkcs11(
-            RvError::SessionHandleInvalid | RvError::SessionClosed | RvError::UserNotLoggedIn,
-            _
-        )
-    )
-}
-
 /// Whether an error means the token or the module's state of it is gone: only
-/// re-initialising the module can bring it back. A key handle that is still invalid after
-/// a fresh search counts too (SoftHSM2 marks a token whose files vanished as invalid for
-/// good, and reports its objects' handles as invalid).
+/// re-initialising the module can bring it back.
 fn token_lost(e: &CkError) -> bool {
     matches!(
         e,
@@ -255,10 +271,21 @@ fn token_lost(e: &CkError) -> bool {
                 | RvError::TokenNotPresent
                 | RvError::TokenNotRecognized
                 | RvError::SlotIdInvalid
-                | RvError::CryptokiNotInitialized
-                | RvError::GeneralError
-                | RvError::KeyHandleInvalid
-                | RvError::ObjectHandleInvalid,
+                | RvError::CryptokiNotInitialized,
+            _
+        )
+    )
+}
+
+fn pin_refused(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::PinIncorrect
+                | RvError::PinInvalid
+                | RvError::PinLenRange
+                | RvError::PinLocked
+                | RvError::PinExpired,
             _
         )
     )
@@ -271,6 +298,21 @@ fn initialize(ctx: &Pkcs11) -> Result<(), CkError> {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The slot of the token with this label and serial number.
+fn find_again(ctx: &Pkcs11, label: &str, serial: &str) -> Result<Slot, String> {
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| format!("cannot list the slots: {e}"))?;
+    slots
+        .into_iter()
+        .find(|&slot| {
+            ctx.get_token_info(slot).is_ok_and(|info| {
+                info.label().trim() == label && info.serial_number().trim() == serial
+            })
+        })
+        .ok_or_else(|| format!("no token with label '{label}' and serial {serial} is present"))
 }
 
 /// The slot of the token `choice` names, and its label.
@@ -396,6 +438,10 @@ impl Token {
         let ctx = Pkcs11::new(&config.module).map_err(|e| module_error(e.to_string()))?;
         initialize(&ctx).map_err(|e| module_error(format!("C_Initialize failed: {e}")))?;
         let (slot, label) = find_slot(&ctx, &config.token)?;
+        let serial = ctx
+            .get_token_info(slot)
+            .map(|info| info.serial_number().trim().to_string())
+            .map_err(|e| OpenError::Other(format!("cannot read the token's details: {e}")))?;
         let available = ctx
             .get_mechanism_list(slot)
             .map_err(|e| OpenError::Other(format!("cannot list the mechanisms: {e}")))?;
@@ -415,9 +461,11 @@ impl Token {
                 slot: Some(slot),
                 lost: String::new(),
                 generation: 0,
-                last_attempt: None,
+                last_reconnect: None,
+                pin_refused: false,
             }),
             label,
+            serial,
             pin: config.pin.clone(),
             sessions: Mutex::new(Sessions::default()),
             freed: Condvar::new(),
@@ -431,13 +479,10 @@ impl Token {
             handles: Mutex::new(HashMap::new()),
         };
         let session = token.login(slot).map_err(|e| match e {
-            CkError::Pkcs11(
-                RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange,
-                _,
-            ) => OpenError::Pin(e.to_string()),
             CkError::Pkcs11(RvError::PinLocked, _) => {
                 OpenError::Pin(format!("{e}: the user PIN is locked"))
             }
+            e if pin_refused(&e) => OpenError::Pin(e.to_string()),
             other => OpenError::Other(format!("cannot log in to '{}': {other}", token.label)),
         })?;
         token.pool().open += 1;
@@ -487,10 +532,13 @@ impl Token {
     /// A new read-write session, logged in (the application's login, if there is one
     /// already, covers it).
     fn login(&self, slot: Slot) -> Result<Session, CkError> {
-        let session = self.ctx.open_rw_session(slot)?;
+        let session = self.ctx.open_rw_session_no_drop(slot)?;
         match session.login(UserType::User, Some(&self.pin.auth())) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-            Err(e) => Err(e),
+            Err(e) => {
+                let _ = session.close();
+                Err(e)
+            }
         }
     }
 
@@ -528,31 +576,8 @@ impl Token {
         self.freed.notify_all();
     }
 
-    /// Closes `session` and every idle one: after a lost session or login, none of them
-    /// can be trusted. Nor can the cached object handles: sessions vanish together when
-    /// the module was initialised again, and its new handles may name other objects.
-    fn forget_sessions(&self, session: Session) {
-        // Closing a session the module already forgot fails; that is expected here.
-        let _ = session.close();
-        let n = self.close_idle() + 1;
-        self.closed(n);
-        if let Ok(mut handles) = self.handles.lock() {
-            handles.clear();
-        }
-    }
-
-    /// Closes the idle sessions; returns how many there were.
-    fn close_idle(&self) -> usize {
-        let idle = std::mem::take(&mut self.pool().idle);
-        let n = idle.len();
-        for session in idle {
-            let _ = session.close();
-        }
-        n
-    }
-
-    /// Runs `op` on a pooled session. A lost session or login gets one more try on a fresh
-    /// session; a lost token gets one more try after a reconnection.
+    /// Runs `op` on a pooled session. A failure some [`Repair`] may fix gets one more try
+    /// after it.
     fn with_session<T>(
         &self,
         op: impl Fn(&Session) -> Result<T, CkError>,
@@ -560,9 +585,11 @@ impl Token {
         self.run(&op, |_| false)
     }
 
-    /// Like [`Self::with_session`] for an operation on an object: `None` (the object is
-    /// not found) is worth a reconnection too, as a token whose module lost track of it
-    /// looks exactly like that.
+    /// Like [`Self::with_session`] for an operation on an object that answers `None` when
+    /// the object is not found. A missing object is only worth a reconnection when the
+    /// token shows no private object at all (what a module that lost its state of the
+    /// token answers): an object can be gone for a good reason too, e.g. another
+    /// instance destroyed a revoked key before this one reloaded.
     fn with_object<T>(
         &self,
         op: impl Fn(&Session) -> Result<Option<T>, CkError>,
@@ -573,17 +600,25 @@ impl Token {
     fn run<T>(
         &self,
         op: &impl Fn(&Session) -> Result<T, CkError>,
-        suspicious: impl Fn(&T) -> bool,
+        missing: impl Fn(&T) -> bool,
     ) -> Result<T, CryptoError> {
         let (generation, result) = self.attempt(op);
-        let again = match &result {
-            Ok(v) => suspicious(v),
-            Err(failure) => failure.needs_reconnect(),
+        let repair = match &result {
+            Ok(v) if missing(v) => self.repair_for_missing(),
+            Ok(_) => None,
+            Err(failure) => failure.repair(),
         };
-        let result = if again && self.reconnect(generation) {
-            self.attempt(op).1
-        } else {
-            result
+        let result = match repair {
+            Some(repair) if self.repair(repair, generation) => self.attempt(op).1,
+            // A reconnection that just failed says why better than the first error.
+            Some(_) => {
+                let link = self.link();
+                match link.slot {
+                    None => Err(Failure::Unreachable(link.lost.clone())),
+                    Some(_) => result,
+                }
+            }
+            None => result,
         };
         result.map_err(|failure| {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -594,6 +629,16 @@ impl Token {
                 }
             }
         })
+    }
+
+    /// After an object was not found: whether the token shows none at all.
+    fn repair_for_missing(&self) -> Option<Repair> {
+        let any = |s: &Session| private_objects(s, &[Attribute::Class(ObjectClass::PRIVATE_KEY)]);
+        match self.attempt(&any).1 {
+            Ok(found) if found.is_empty() => Some(Repair::Module),
+            Ok(_) => None,
+            Err(failure) => failure.repair(),
+        }
     }
 
     /// One try of `op` on the current link; returns the link's generation too.
@@ -608,72 +653,81 @@ impl Token {
                 Err(Failure::Unreachable(link.lost.clone())),
             );
         };
-        (
-            link.generation,
-            self.on_session(slot, op).map_err(Failure::Module),
-        )
+        let result = self.take(slot).and_then(|session| {
+            let result = op(&session);
+            self.give_back(session);
+            result
+        });
+        (link.generation, result.map_err(Failure::Module))
     }
 
-    fn on_session<T>(
-        &self,
-        slot: Slot,
-        op: &impl Fn(&Session) -> Result<T, CkError>,
-    ) -> Result<T, CkError> {
-        let session = self.take(slot)?;
-        match op(&session) {
-            Ok(v) => {
-                self.give_back(session);
-                Ok(v)
-            }
-            Err(e) if session_lost(&e) => {
-                self.forget_sessions(session);
-                let fresh = self.take(slot)?;
-                let result = op(&fresh);
-                self.give_back(fresh);
-                result
-            }
-            Err(e) => {
-                self.give_back(session);
-                Err(e)
-            }
-        }
-    }
-
-    /// Finalises the module, initialises it again, finds the token by its label and logs
-    /// in, unless another caller did so since `seen` (then its outcome is this one's) or
-    /// the last attempt is less than [`RECONNECT_PAUSE`] ago. Whether the token can be
-    /// reached now.
-    fn reconnect(&self, seen: u64) -> bool {
+    /// Carries out `repair`, unless another caller repaired since `seen` (then its outcome
+    /// is this one's too). Whether the token can be used again.
+    fn repair(&self, repair: Repair, seen: u64) -> bool {
         let mut link = self.link.write().unwrap_or_else(|p| p.into_inner());
         if link.generation != seen {
             return link.slot.is_some();
         }
-        if link
-            .last_attempt
-            .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE)
+        if link.pin_refused {
+            return false;
+        }
+        if repair == Repair::Module
+            && link
+                .last_reconnect
+                .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE)
         {
             return false;
         }
-        link.last_attempt = Some(Instant::now());
         link.generation += 1;
-        // Holding the link for writing: no session is in use, so none is closed under a
-        // caller. Handles of the old sessions and objects mean nothing after C_Finalize.
-        self.close_idle();
+        // Holding the link for writing: no session is in use. Object handles found
+        // before may mean nothing now, or name other objects.
+        let idle = std::mem::take(&mut self.pool().idle);
         self.pool().open = 0;
         if let Ok(mut handles) = self.handles.lock() {
             handles.clear();
         }
+        match repair {
+            Repair::Login => {
+                for session in idle {
+                    let _ = session.close();
+                }
+                tracing::info!(token = %self.label, "the PKCS#11 login was lost; logging in again");
+                link.slot.is_some()
+            }
+            // Dropped without closing (they were opened not to close on drop).
+            Repair::Sessions => {
+                drop(idle);
+                tracing::info!(token = %self.label, "the PKCS#11 module closed Signet's sessions; opening fresh ones");
+                link.slot.is_some()
+            }
+            Repair::Module => {
+                drop(idle);
+                link.last_reconnect = Some(Instant::now());
+                self.reconnect(&mut link)
+            }
+        }
+    }
+
+    /// Finalises the module (which ends every session), initialises it again, finds the
+    /// token by its label and serial number, and logs in.
+    fn reconnect(&self, link: &mut Link) -> bool {
         let _ = self.ctx.clone().finalize();
+        let mut refused = false;
         let connected = initialize(&self.ctx)
             .map_err(|e| format!("C_Initialize failed: {e}"))
-            .and_then(|()| {
-                find_slot(&self.ctx, &TokenChoice::Label(self.label.clone()))
-                    .map_err(|e| e.to_string())
-            })
-            .and_then(|(slot, _)| {
-                let session = self
-                    .login(slot)
-                    .map_err(|e| format!("cannot log in: {e}"))?;
+            .and_then(|()| find_again(&self.ctx, &self.label, &self.serial))
+            .and_then(|slot| {
+                let session = self.login(slot).map_err(|e| {
+                    refused = pin_refused(&e);
+                    if refused {
+                        format!(
+                            "pkcs11_pin: the token refused the PIN ({e}); Signet does not try it \
+                             again, as that would lock it: fix pkcs11_pin and restart"
+                        )
+                    } else {
+                        format!("cannot log in: {e}")
+                    }
+                })?;
                 Ok((slot, session))
             });
         match connected {
@@ -687,9 +741,10 @@ impl Token {
                 true
             }
             Err(why) => {
-                tracing::warn!(token = %self.label, error = %why, "the PKCS#11 token cannot be reached; trying again on the next operation after {}s", RECONNECT_PAUSE.as_secs());
+                tracing::warn!(token = %self.label, error = %why, "the PKCS#11 token cannot be reached; Signet tries again at the next operation, at most every {}s", RECONNECT_PAUSE.as_secs());
                 link.slot = None;
                 link.lost = why;
+                link.pin_refused = refused;
                 false
             }
         }
@@ -699,12 +754,17 @@ impl Token {
     /// private, sensitive and not extractable; the public object is a session object,
     /// destroyed as soon as its values are read.
     pub fn generate(&self, alg: Algorithm, bits: RsaBits) -> Result<TokenKey, CryptoError> {
-        let id = random_id(alg)?;
-        let template = Template::new(alg, bits, &id, self.label_for_now(), true);
-        // C_GenerateKeyPair makes both objects or neither, so only a refused generation is
-        // tried again (on a fresh session, or after a reconnection). Reading the public
-        // half is not: a failure there destroys the pair, and the error stands.
+        // A generation that failed on a lost session or token is tried once more after the
+        // repair, with a CKA_ID of its own: if the module made the pair after all (a device
+        // lost in the middle of the call), that pair is an orphan the sweep finds, never a
+        // second object under the id the row names. Reading the public half is not tried
+        // again: a failure there destroys the pair, and the error stands.
         self.with_session(|s| {
+            let id = match random_id(alg) {
+                Ok(id) => id,
+                Err(e) => return Ok(Err(e)),
+            };
+            let template = Template::new(alg, bits, &id, self.label_for_now(), true);
             let (public, private) =
                 s.generate_key_pair(&template.mechanism, &template.public, &template.private)?;
             Ok(self.finish_generation(s, alg, &id, public, private))
@@ -755,14 +815,15 @@ impl Token {
     /// it on the token, verifies the signature in software against the public key the
     /// token gave out, and destroys both objects.
     pub fn self_test(&self, alg: Algorithm, bits: RsaBits) -> Result<(), String> {
-        let slot = self
-            .link()
-            .slot
-            .ok_or_else(|| format!("token '{}' cannot be reached", self.label))?;
-        let available = self
-            .ctx
-            .get_mechanism_list(slot)
-            .map_err(|e| format!("cannot list the mechanisms: {e}"))?;
+        let available = {
+            let link = self.link();
+            let slot = link
+                .slot
+                .ok_or_else(|| format!("token '{}' cannot be reached", self.label))?;
+            self.ctx
+                .get_mechanism_list(slot)
+                .map_err(|e| format!("cannot list the mechanisms: {e}"))?
+        };
         let missing = missing_mechanisms(&available, alg);
         if !missing.is_empty() {
             return Err(format!("the token lacks {}", missing.join(" and ")));
@@ -842,7 +903,14 @@ impl Token {
             if let Ok(mut handles) = self.handles.lock() {
                 handles.insert(id.clone(), key);
             }
-            s.sign(&mechanism, key, data).map(Some)
+            match s.sign(&mechanism, key, data) {
+                // Found, yet invalid: the module's state of the token is broken.
+                Err(CkError::Pkcs11(
+                    RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
+                    _,
+                )) => Ok(None),
+                other => other.map(Some),
+            }
         })?
         .ok_or_else(|| {
             let why = format!(
@@ -888,7 +956,11 @@ impl Token {
             let handles = private_objects(s, &[Attribute::Class(ObjectClass::PRIVATE_KEY)])?;
             let mut out = Vec::new();
             for h in handles {
-                let attrs = s.get_attributes(h, &[AttributeType::Id, AttributeType::Label])?;
+                let attrs = match s.get_attributes(h, &[AttributeType::Id, AttributeType::Label]) {
+                    // Destroyed in between by another instance sharing the token.
+                    Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => continue,
+                    other => other?,
+                };
                 let (mut id, mut label) = (None, None);
                 for a in attrs {
                     match a {

@@ -1033,8 +1033,9 @@ impl KeyService {
 /// Fault injection for the tests, in debug builds only, once keys were generated on the
 /// token and before they are committed:
 /// - `SIGNET_FAULT=abort-after-token-generation` aborts the process, as a crash would;
-/// - `SIGNET_FAULT=pause-after-token-generation:<seconds>` waits that long, as a slow
-///   commit would, so another instance can run its orphan sweep meanwhile.
+/// - `SIGNET_FAULT=pause-after-token-generation:<path>` waits until the file `<path>`
+///   exists (at most a minute), as a slow commit would, so another instance can run its
+///   orphan sweep meanwhile.
 #[cfg(debug_assertions)]
 async fn fault_after_token_generation(new_keys: &[NewKey]) {
     if !new_keys.iter().any(|k| k.hsm_object.is_some()) {
@@ -1045,12 +1046,12 @@ async fn fault_after_token_generation(new_keys: &[NewKey]) {
         eprintln!("signet: SIGNET_FAULT: aborting after generating keys on the token");
         std::process::abort();
     }
-    if let Some(secs) = fault
-        .strip_prefix("pause-after-token-generation:")
-        .and_then(|s| s.parse().ok())
-    {
-        eprintln!("signet: SIGNET_FAULT: pausing {secs}s after generating keys on the token");
-        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+    if let Some(path) = fault.strip_prefix("pause-after-token-generation:") {
+        eprintln!("signet: SIGNET_FAULT: pausing after generating keys on the token");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !std::path::Path::new(path).exists() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 
