@@ -970,8 +970,8 @@ async fn hsm_a_change_that_loses_a_race_destroys_what_it_generated() {
 }
 
 /// Signet's session pool on the real module: 4 signers per core share at most one session
-/// per core. A lost login, sessions the module forgot, a module finalised under Signet and
-/// a PIN changed meanwhile are real faults of the module, made by a second user of it in
+/// per core. A lost login, sessions the module forgot, a module finalised under Signet, a
+/// token left empty and a PIN changed meanwhile are real faults of the module, made by a second user of it in
 /// the same process: a child of the test binary, as the token's `SOFTHSM2_CONF` must be in
 /// its environment before the module loads.
 #[test]
@@ -1126,9 +1126,30 @@ fn hsm_probe_the_pool_survives_module_faults() {
     assert!(token.has(&keys[1].id).unwrap());
     assert_eq!(token.reconnects(), 1);
 
-    // 5. The PIN changes while the module is finalised again: the reconnection's login is
-    //    refused, and Signet says so naming pkcs11_pin, and never tries that PIN again
-    //    (a few wrong tries lock the PIN of most HSMs).
+    // 5. Every key is gone, so the token shows no private object at all: that looks like a
+    //    module that lost its state of the token, so it reconnects, once; a token that is
+    //    still empty afterwards is just empty.
+    std::thread::sleep(signet::server::crypto::pkcs11::RECONNECT_PAUSE);
+    token.destroy(&keys[1].id).unwrap();
+    token.destroy(&keys[2].id).unwrap();
+    assert!(!token.has(&keys[1].id).unwrap());
+    assert_eq!(token.reconnects(), 2);
+    std::thread::sleep(signet::server::crypto::pkcs11::RECONNECT_PAUSE);
+    assert!(!token.has(&keys[1].id).unwrap());
+    assert!(!token.has(&keys[2].id).unwrap());
+    assert_eq!(
+        token.reconnects(),
+        2,
+        "an empty token is re-initialised once, not every pause"
+    );
+
+    // 6. The PIN changes and the application is logged out: Signet's one login is refused,
+    //    it says so naming pkcs11_pin, and it never tries that PIN again (a few wrong tries
+    //    lock the PIN of most HSMs), not even when the old PIN comes back.
+    let key = token
+        .generate(Algorithm::ES256, RsaBits::default())
+        .unwrap();
+    token.sign(Algorithm::ES256, &key.id, b"x").unwrap();
     let session = other.open_rw_session(slot()).unwrap();
     // Signet's reconnection logged the application in already.
     match session.login(UserType::User, Some(&AuthPin::new(PIN.into()))) {
@@ -1138,17 +1159,14 @@ fn hsm_probe_the_pool_survives_module_faults() {
     session
         .set_pin(&AuthPin::new(PIN.into()), &AuthPin::new("135246".into()))
         .unwrap();
-    drop(session);
-    other.clone().finalize().unwrap();
-    std::thread::sleep(signet::server::crypto::pkcs11::RECONNECT_PAUSE);
+    session.logout().unwrap();
     let refused = token
-        .sign(Algorithm::ES256, &keys[1].id, b"x")
+        .sign(Algorithm::ES256, &key.id, b"x")
         .unwrap_err()
         .to_string();
     assert!(refused.contains("pkcs11_pin"), "{refused}");
     // The old PIN is back: a later try would now succeed, so only one that never happens
     // keeps failing.
-    let session = other.open_rw_session(slot()).unwrap();
     session
         .login(UserType::User, Some(&AuthPin::new("135246".into())))
         .unwrap();
@@ -1158,12 +1176,15 @@ fn hsm_probe_the_pool_survives_module_faults() {
     session.logout().unwrap();
     drop(session);
     std::thread::sleep(signet::server::crypto::pkcs11::RECONNECT_PAUSE);
-    let again = token
-        .sign(Algorithm::ES256, &keys[1].id, b"x")
-        .unwrap_err()
-        .to_string();
-    assert_eq!(again, refused, "a second try must not happen");
-    assert_eq!(token.reconnects(), 1);
+    for _ in 0..3 {
+        let again = token
+            .sign(Algorithm::ES256, &key.id, b"x")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(again, refused, "a second try must not happen");
+    }
+    assert!(!token.has(&key.id).is_ok_and(|found| found));
+    assert_eq!(token.reconnects(), 2);
 }
 
 /// The orphan sweep of one instance leaves alone the objects of a key change that another

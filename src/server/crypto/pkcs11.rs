@@ -10,14 +10,15 @@
 //!
 //! Sessions are pooled, up to one per core; a caller beyond that waits for one. The login
 //! state of PKCS#11 belongs to the application, not to one session: the first session logs
-//! in, later ones inherit it. An operation that fails because the session or the login was
-//! lost drops the pooled sessions, logs in again on a fresh one and retries once.
+//! in, later ones inherit it.
 //!
-//! When the token itself is lost (removed, reset, or its module finalised), or an object
-//! Signet expects is not found, the module is finalised and initialised again, the token
-//! is found again by its label, and the operation is retried once. That happens at most
-//! once per [`RECONNECT_PAUSE`]; until it works, operations fail at once with the reason,
-//! which `/sign` answers as a 503 and readiness reports.
+//! A failed operation may be repaired once and retried once (see [`Repair`]): a lost login
+//! logs in again, sessions the module forgot are replaced, and a lost token (removed,
+//! reset, its module finalised, or showing no objects at all when one is expected) gets
+//! the module finalised and initialised again and the token found again by its label and
+//! serial number, at most once per [`RECONNECT_PAUSE`]. Until that works, operations fail
+//! with the reason, which `/sign` answers as a 503 and readiness reports. A refused PIN is
+//! never tried again.
 
 use super::{CryptoError, PublicJwk, unhex};
 use crate::domain::{Algorithm, RsaBits};
@@ -163,6 +164,28 @@ struct Sessions {
     open: usize,
 }
 
+/// A session taken from the pool, given back when dropped.
+struct Lease<'a> {
+    token: &'a Token,
+    session: Option<Session>,
+}
+
+impl Lease<'_> {
+    fn session(&self) -> &Session {
+        self.session
+            .as_ref()
+            .expect("a lease holds its session until dropped")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            self.token.give_back(session);
+        }
+    }
+}
+
 /// Where the token was found, or why it cannot be reached.
 struct Link {
     /// The token's slot; `None` while the token cannot be reached.
@@ -174,9 +197,9 @@ struct Link {
     generation: u64,
     /// When the module was last re-initialised.
     last_reconnect: Option<Instant>,
-    /// The token refused the PIN at a reconnection: it is not tried again, as a few wrong
-    /// tries lock the user PIN of most HSMs.
-    pin_refused: bool,
+    /// The generation a reconnection for a missing object left: another one for the same
+    /// reason waits for some other repair in between.
+    empty_at: Option<u64>,
 }
 
 /// What stopped an operation on the token.
@@ -199,6 +222,10 @@ enum Repair {
     /// The token or the module's state of it is gone: finalise the module, initialise it
     /// again and find the token again. At most once per [`RECONNECT_PAUSE`].
     Module,
+    /// An object Signet expects is not found, and the token shows no private object at
+    /// all, which is what a module that lost its state of the token answers: as `Module`,
+    /// but not twice in a row (a token can also just be empty).
+    Missing,
 }
 
 impl Failure {
@@ -239,6 +266,8 @@ pub struct Token {
     /// One permit per session, for async callers to wait on before they take a blocking
     /// thread for a signature.
     permits: tokio::sync::Semaphore,
+    /// The token's answer when it refused the PIN (once set, Signet no longer logs in).
+    refused: Mutex<Option<String>>,
     /// Operations the module refused, for `/metrics`.
     errors: AtomicU64,
     /// Reconnections that found the token again, for `/metrics`.
@@ -300,19 +329,12 @@ fn initialize(ctx: &Pkcs11) -> Result<(), CkError> {
     }
 }
 
-/// The slot of the token with this label and serial number.
-fn find_again(ctx: &Pkcs11, label: &str, serial: &str) -> Result<Slot, String> {
-    let slots = ctx
-        .get_slots_with_token()
-        .map_err(|e| format!("cannot list the slots: {e}"))?;
-    slots
-        .into_iter()
-        .find(|&slot| {
-            ctx.get_token_info(slot).is_ok_and(|info| {
-                info.label().trim() == label && info.serial_number().trim() == serial
-            })
-        })
-        .ok_or_else(|| format!("no token with label '{label}' and serial {serial} is present"))
+/// The slot of the token with this label and serial number, if it is present.
+fn find_again(ctx: &Pkcs11, label: &str, serial: &str) -> Option<Slot> {
+    ctx.get_slots_with_token().ok()?.into_iter().find(|&slot| {
+        ctx.get_token_info(slot)
+            .is_ok_and(|info| info.label().trim() == label && info.serial_number().trim() == serial)
+    })
 }
 
 /// The slot of the token `choice` names, and its label.
@@ -462,7 +484,7 @@ impl Token {
                 lost: String::new(),
                 generation: 0,
                 last_reconnect: None,
-                pin_refused: false,
+                empty_at: None,
             }),
             label,
             serial,
@@ -473,6 +495,7 @@ impl Token {
             permits: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, usize::from),
             ),
+            refused: Mutex::new(None),
             errors: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             installation: installation.to_string(),
@@ -531,15 +554,37 @@ impl Token {
 
     /// A new read-write session, logged in (the application's login, if there is one
     /// already, covers it).
+    ///
+    /// One login at a time, and none once the token refused the PIN: a few wrong tries
+    /// lock the user PIN of most HSMs, and concurrent callers must not spend them.
     fn login(&self, slot: Slot) -> Result<Session, CkError> {
         let session = self.ctx.open_rw_session_no_drop(slot)?;
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.is_some() {
+            let _ = session.close();
+            return Err(CkError::Pkcs11(RvError::PinIncorrect, Function::Login));
+        }
         match session.login(UserType::User, Some(&self.pin.auth())) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
             Err(e) => {
+                if pin_refused(&e) {
+                    *refused = Some(format!("{e}"));
+                }
                 let _ = session.close();
                 Err(e)
             }
         }
+    }
+
+    /// Why Signet no longer logs in, once the token refused the PIN.
+    fn pin_refusal(&self) -> Option<String> {
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.as_ref().map(|e| {
+            format!(
+                "pkcs11_pin: the token refused the PIN ({e}); Signet does not try it again, \
+                 as that could lock it: fix pkcs11_pin and restart"
+            )
+        })
     }
 
     fn pool(&self) -> std::sync::MutexGuard<'_, Sessions> {
@@ -606,18 +651,12 @@ impl Token {
         let repair = match &result {
             Ok(v) if missing(v) => self.repair_for_missing(),
             Ok(_) => None,
-            Err(failure) => failure.repair(),
+            Err(failure) => failure.repair().map(|r| (r, generation)),
         };
         let result = match repair {
-            Some(repair) if self.repair(repair, generation) => self.attempt(op).1,
-            // A reconnection that just failed says why better than the first error.
-            Some(_) => {
-                let link = self.link();
-                match link.slot {
-                    None => Err(Failure::Unreachable(link.lost.clone())),
-                    Some(_) => result,
-                }
-            }
+            Some((repair, seen)) if self.repair(repair, seen) => self.attempt(op).1,
+            // A repair that just failed says why better than the first error.
+            Some(_) => self.unusable().map_or(result, Err),
             None => result,
         };
         result.map_err(|failure| {
@@ -625,20 +664,33 @@ impl Token {
             match failure {
                 Failure::Module(e) => hsm(e),
                 Failure::Unreachable(why) => {
-                    CryptoError::Hsm(format!("token '{}' cannot be reached: {why}", self.label))
+                    CryptoError::Hsm(format!("token '{}' cannot be used: {why}", self.label))
                 }
             }
         })
     }
 
-    /// After an object was not found: whether the token shows none at all.
-    fn repair_for_missing(&self) -> Option<Repair> {
+    /// After an object was not found: a reconnection when the token shows no private
+    /// object at all, and the last repair was not already such a reconnection (a token
+    /// that is simply empty must not be re-initialised every pause).
+    fn repair_for_missing(&self) -> Option<(Repair, u64)> {
         let any = |s: &Session| private_objects(s, &[Attribute::Class(ObjectClass::PRIVATE_KEY)]);
-        match self.attempt(&any).1 {
-            Ok(found) if found.is_empty() => Some(Repair::Module),
-            Ok(_) => None,
-            Err(failure) => failure.repair(),
+        match self.attempt(&any) {
+            (generation, Ok(found)) if found.is_empty() => Some((Repair::Missing, generation)),
+            (_, Ok(_)) => None,
+            (generation, Err(failure)) => failure.repair().map(|r| (r, generation)),
         }
+    }
+
+    /// Why the token cannot be used now, if it cannot.
+    fn unusable(&self) -> Option<Failure> {
+        if let Some(why) = self.pin_refusal() {
+            return Some(Failure::Unreachable(why));
+        }
+        let link = self.link();
+        link.slot
+            .is_none()
+            .then(|| Failure::Unreachable(link.lost.clone()))
     }
 
     /// One try of `op` on the current link; returns the link's generation too.
@@ -647,6 +699,9 @@ impl Token {
         op: &impl Fn(&Session) -> Result<T, CkError>,
     ) -> (u64, Result<T, Failure>) {
         let link = self.link();
+        if let Some(why) = self.pin_refusal() {
+            return (link.generation, Err(Failure::Unreachable(why)));
+        }
         let Some(slot) = link.slot else {
             return (
                 link.generation,
@@ -654,9 +709,12 @@ impl Token {
             );
         };
         let result = self.take(slot).and_then(|session| {
-            let result = op(&session);
-            self.give_back(session);
-            result
+            // Given back even if `op` panics, so the pool never loses count of it.
+            let lease = Lease {
+                token: self,
+                session: Some(session),
+            };
+            op(lease.session())
         });
         (link.generation, result.map_err(Failure::Module))
     }
@@ -664,46 +722,87 @@ impl Token {
     /// Carries out `repair`, unless another caller repaired since `seen` (then its outcome
     /// is this one's too). Whether the token can be used again.
     fn repair(&self, repair: Repair, seen: u64) -> bool {
+        let reconnects = matches!(repair, Repair::Module | Repair::Missing);
+        let paused = |link: &Link| {
+            reconnects
+                && link
+                    .last_reconnect
+                    .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE)
+        };
+        // Most callers that come here find the work done or the pause running: they need
+        // not stall the signers by taking the link for writing.
+        {
+            let link = self.link();
+            if link.generation != seen {
+                return link.slot.is_some() && self.pin_refusal().is_none();
+            }
+            if paused(&link) || self.pin_refusal().is_some() {
+                return false;
+            }
+        }
         let mut link = self.link.write().unwrap_or_else(|p| p.into_inner());
         if link.generation != seen {
-            return link.slot.is_some();
+            return link.slot.is_some() && self.pin_refusal().is_none();
         }
-        if link.pin_refused {
+        if paused(&link) || self.pin_refusal().is_some() {
             return false;
         }
-        if repair == Repair::Module
-            && link
-                .last_reconnect
-                .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE)
-        {
+        if repair == Repair::Missing && link.empty_at == Some(link.generation) {
             return false;
         }
         link.generation += 1;
         // Holding the link for writing: no session is in use. Object handles found
         // before may mean nothing now, or name other objects.
-        let idle = std::mem::take(&mut self.pool().idle);
-        self.pool().open = 0;
         if let Ok(mut handles) = self.handles.lock() {
             handles.clear();
         }
+        let idle = std::mem::take(&mut self.pool().idle);
         match repair {
             Repair::Login => {
                 for session in idle {
                     let _ = session.close();
                 }
+                self.pool().open = 0;
                 tracing::info!(token = %self.label, "the PKCS#11 login was lost; logging in again");
-                link.slot.is_some()
+                let Some(slot) = link.slot else {
+                    return false;
+                };
+                // Once, here: not by every caller that finds the pool empty next.
+                match self.login(slot) {
+                    Ok(session) => {
+                        self.pool().open = 1;
+                        self.give_back(session);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(token = %self.label, error = %e, "cannot log in to the PKCS#11 token again");
+                        false
+                    }
+                }
             }
-            // Dropped without closing (they were opened not to close on drop).
             Repair::Sessions => {
-                drop(idle);
-                tracing::info!(token = %self.label, "the PKCS#11 module closed Signet's sessions; opening fresh ones");
+                // Dropped without closing (they were opened not to close on drop): the
+                // module no longer knows those numbers. The ones it still knows stay.
+                let alive: Vec<Session> = idle
+                    .into_iter()
+                    .filter(|s| s.get_session_info().is_ok())
+                    .collect();
+                tracing::info!(token = %self.label, kept = alive.len(), "the PKCS#11 module closed Signet's sessions; opening fresh ones");
+                let mut pool = self.pool();
+                pool.open = alive.len();
+                pool.idle = alive;
                 link.slot.is_some()
             }
-            Repair::Module => {
+            Repair::Module | Repair::Missing => {
+                // C_Finalize ends them all; no number is closed after it.
                 drop(idle);
+                self.pool().open = 0;
                 link.last_reconnect = Some(Instant::now());
-                self.reconnect(&mut link)
+                let back = self.reconnect(&mut link);
+                if repair == Repair::Missing {
+                    link.empty_at = Some(link.generation);
+                }
+                back
             }
         }
     }
@@ -712,21 +811,20 @@ impl Token {
     /// token by its label and serial number, and logs in.
     fn reconnect(&self, link: &mut Link) -> bool {
         let _ = self.ctx.clone().finalize();
-        let mut refused = false;
         let connected = initialize(&self.ctx)
             .map_err(|e| format!("C_Initialize failed: {e}"))
-            .and_then(|()| find_again(&self.ctx, &self.label, &self.serial))
+            .and_then(|()| {
+                find_again(&self.ctx, &self.label, &self.serial).ok_or_else(|| {
+                    format!(
+                        "token '{}' (the one Signet opened) is not present",
+                        self.label
+                    )
+                })
+            })
             .and_then(|slot| {
-                let session = self.login(slot).map_err(|e| {
-                    refused = pin_refused(&e);
-                    if refused {
-                        format!(
-                            "pkcs11_pin: the token refused the PIN ({e}); Signet does not try it \
-                             again, as that would lock it: fix pkcs11_pin and restart"
-                        )
-                    } else {
-                        format!("cannot log in: {e}")
-                    }
+                let session = self.login(slot).map_err(|e| match self.pin_refusal() {
+                    Some(why) => why,
+                    None => format!("cannot log in: {e}"),
                 })?;
                 Ok((slot, session))
             });
@@ -741,10 +839,13 @@ impl Token {
                 true
             }
             Err(why) => {
-                tracing::warn!(token = %self.label, error = %why, "the PKCS#11 token cannot be reached; Signet tries again at the next operation, at most every {}s", RECONNECT_PAUSE.as_secs());
+                if self.pin_refusal().is_some() {
+                    tracing::error!(token = %self.label, error = %why, "the PKCS#11 token refused the PIN; not trying it again");
+                } else {
+                    tracing::warn!(token = %self.label, serial = %self.serial, error = %why, "the PKCS#11 token cannot be reached; Signet tries again at the next operation, at most every {}s", RECONNECT_PAUSE.as_secs());
+                }
                 link.slot = None;
                 link.lost = why;
-                link.pin_refused = refused;
                 false
             }
         }
@@ -903,14 +1004,13 @@ impl Token {
             if let Ok(mut handles) = self.handles.lock() {
                 handles.insert(id.clone(), key);
             }
-            match s.sign(&mechanism, key, data) {
-                // Found, yet invalid: the module's state of the token is broken.
-                Err(CkError::Pkcs11(
-                    RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid,
-                    _,
-                )) => Ok(None),
-                other => other.map(Some),
+            let signed = s.sign(&mechanism, key, data);
+            if signed.is_err()
+                && let Ok(mut handles) = self.handles.lock()
+            {
+                handles.remove(&id);
             }
+            signed.map(Some)
         })?
         .ok_or_else(|| {
             let why = format!(
