@@ -266,8 +266,10 @@ pub struct Token {
     /// One permit per session, for async callers to wait on before they take a blocking
     /// thread for a signature.
     permits: tokio::sync::Semaphore,
-    /// The token's answer when it refused the PIN (once set, Signet no longer logs in).
+    /// The token's answer when it refused the PIN (once set, Signet no longer logs in),
+    /// and a flag every operation reads without taking that lock.
     refused: Mutex<Option<String>>,
+    pin_locked_out: std::sync::atomic::AtomicBool,
     /// Operations the module refused, for `/metrics`.
     errors: AtomicU64,
     /// Reconnections that found the token again, for `/metrics`.
@@ -496,6 +498,7 @@ impl Token {
                 std::thread::available_parallelism().map_or(2, usize::from),
             ),
             refused: Mutex::new(None),
+            pin_locked_out: std::sync::atomic::AtomicBool::new(false),
             errors: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             installation: installation.to_string(),
@@ -569,6 +572,7 @@ impl Token {
             Err(e) => {
                 if pin_refused(&e) {
                     *refused = Some(format!("{e}"));
+                    self.pin_locked_out.store(true, Ordering::Release);
                 }
                 let _ = session.close();
                 Err(e)
@@ -578,6 +582,9 @@ impl Token {
 
     /// Why Signet no longer logs in, once the token refused the PIN.
     fn pin_refusal(&self) -> Option<String> {
+        if !self.pin_locked_out.load(Ordering::Acquire) {
+            return None;
+        }
         let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
         refused.as_ref().map(|e| {
             format!(
