@@ -365,7 +365,7 @@ async fn hsm_check(config: Config) -> anyhow::Result<()> {
 
 /// Read-only: needs no key-encryption key.
 async fn keys(config: Config, json: bool) -> anyhow::Result<()> {
-    let storage = start::open_storage(&config, ServeOptions::default()).await?;
+    let storage = start::open_existing_storage(&config, ServeOptions::default()).await?;
     let list = storage.list_keys().await;
     storage.close().await;
     let list = list?;
@@ -404,7 +404,7 @@ async fn keys(config: Config, json: bool) -> anyhow::Result<()> {
 /// Read-only: needs no key-encryption key. Before the first start stored a schedule, it
 /// shows the configured one.
 async fn schedule_show(config: Config) -> anyhow::Result<()> {
-    let storage = start::open_storage(&config, ServeOptions::default()).await?;
+    let storage = start::open_existing_storage(&config, ServeOptions::default()).await?;
     let read = async {
         let stored = storage.get_schedule().await?;
         let last = storage

@@ -51,6 +51,12 @@ pub enum StartupError {
     Bind(SocketAddr, std::io::Error),
     #[error("PKCS#11 token: {0}")]
     Token(#[from] OpenError),
+    #[error(
+        "no database at {}: this command only reads, and `signet serve` creates it (check \
+         database_url)",
+        .0.display()
+    )]
+    NoDatabase(PathBuf),
 }
 
 fn describe_pending(pending: &[PendingMigration]) -> String {
@@ -231,7 +237,22 @@ pub async fn open(
 }
 
 /// The database alone, for commands that only read (`signet keys`, `schedule show`):
-/// they work without the key-encryption key, and never create one.
+/// they work without the key-encryption key and never create one, nor a SQLite file that
+/// is not there.
+pub async fn open_existing_storage(
+    config: &Config,
+    options: ServeOptions,
+) -> Result<Arc<dyn Storage>, StartupError> {
+    if let Some(file) = config.database_url.sqlite_file()
+        && !file.exists()
+    {
+        return Err(StartupError::NoDatabase(file));
+    }
+    open_storage(config, options).await
+}
+
+/// The database alone: connected (a SQLite file is created if missing) and its schema
+/// prepared.
 pub async fn open_storage(
     config: &Config,
     options: ServeOptions,

@@ -212,3 +212,38 @@ fn set_mode(path: &std::path::Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
+
+/// `signet keys` and `signet schedule show` only read: pointed at a SQLite file that is
+/// not there, they say so and create neither the file nor its directory.
+#[tokio::test]
+async fn read_only_commands_refuse_a_missing_sqlite_database_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("absent").join("signet.db");
+    let env = vec![
+        (
+            "SIGNET_DATABASE_URL".to_string(),
+            format!("sqlite://{}", file.display()),
+        ),
+        (
+            "SIGNET_DATA_DIR".to_string(),
+            dir.path().display().to_string(),
+        ),
+        ("SIGNET_LOG".to_string(), "warn".to_string()),
+    ];
+    for args in [&["keys"][..], &["schedule", "show"][..]] {
+        let (out, stdout, stderr) = run(signet(&env).args(args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains("no database at") && stderr.contains(&file.display().to_string()),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !file.exists() && !file.parent().unwrap().exists(),
+            "{args:?} created it"
+        );
+        assert!(
+            !dir.path().join("signet.kek").exists(),
+            "{args:?} made a KEK"
+        );
+    }
+}
