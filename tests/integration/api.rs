@@ -123,6 +123,10 @@ async fn tokens_and_scopes_are_enforced() {
     )
     .await;
     assert_error(s, &b, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(
+        b["message"], "this token needs one of the scopes 'sign' or 'keys:read'",
+        "{b}"
+    );
     // A wrong method is a JSON 405, like every other API error.
     let (s, b) = call(&app, reqwest::Method::DELETE, "/api/v1/keys", &reader, None).await;
     assert_error(s, &b, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");

@@ -247,3 +247,19 @@ async fn read_only_commands_refuse_a_missing_sqlite_database_and_create_nothing(
         );
     }
 }
+
+/// `signet audit verify` only reads: without the key-encryption key it says which one it
+/// needs, and creates none.
+#[tokio::test]
+async fn audit_verify_without_the_kek_creates_none() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let kek = db.data_dir.path().join("signet.kek");
+    assert!(!kek.exists());
+    let (out, stdout, stderr) = run(signet(&db.env()).args(["audit", "verify"]));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("signet.kek") && stderr.contains("enc_keys"),
+        "{stderr}"
+    );
+    assert!(!kek.exists(), "audit verify created a KEK");
+}

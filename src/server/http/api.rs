@@ -317,7 +317,7 @@ async fn verify(
     ApiJson(body): ApiJson<VerifyBody>,
 ) -> Result<Json<Value>, ApiError> {
     if !caller.principal.has("sign") && !caller.principal.has("keys:read") {
-        return Err(ApiError::Forbidden("sign"));
+        return Err(ApiError::ForbiddenAny(&["sign", "keys:read"]));
     }
     let snapshot = state.keys.snapshot();
     match jwt::verify(

@@ -21,6 +21,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub enum ApiError {
     Unauthorized,
     Forbidden(&'static str),
+    /// The token has none of these scopes, any one of which would do.
+    ForbiddenAny(&'static [&'static str]),
     BadRequest(&'static str, String),
     NotFound(String),
     Conflict(String),
@@ -91,6 +93,18 @@ impl IntoResponse for ApiError {
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!("this token lacks the '{scope}' scope"),
+            ),
+            ApiError::ForbiddenAny(scopes) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this token needs one of the scopes {}",
+                    scopes
+                        .iter()
+                        .map(|s| format!("'{s}'"))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
             ),
             ApiError::BadRequest(code, m) => (StatusCode::BAD_REQUEST, code, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
