@@ -589,6 +589,14 @@ async fn guessing_the_current_password_is_throttled_too() {
             .await;
         assert_eq!(wrong.status, 400, "{}", wrong.body);
     }
+    // Each wrong guess is on the record, under the signed-in admin.
+    let failed = events_of(&app, "admin.login_failed").await;
+    assert_eq!(failed.len(), 5);
+    assert!(
+        failed.iter().all(|e| e.actor.contains("ops@example.com")
+            && e.details["why"] == "wrong current password (password change)"),
+        "{failed:?}"
+    );
     let locked = ui.call("change_password", &body(TEST_PASSWORD)).await;
     assert_eq!(locked.status, 429, "{}", locked.body);
     // Nothing changed: the old password still signs in once the lock is gone.

@@ -319,6 +319,19 @@ pub async fn change_own_password(
     let attempts = enter_throttle(storage, name, source.as_deref(), now).await?;
     if !verify_password(Some(admin.password_hash.clone()), current).await {
         attempts.lock_if_spent(storage, now).await?;
+        // A guess at a signed-in admin's password is a failed login like any other.
+        let details = serde_json::json!({
+            "email": admin.email,
+            "why": "wrong current password (password change)",
+        });
+        storage
+            .append_event(&event(
+                Level::Warning,
+                kind::ADMIN_LOGIN_FAILED,
+                &admin_actor(admin, source),
+                details,
+            ))
+            .await?;
         return Err(AuthError::WrongPassword);
     }
     attempts.forgive(storage).await?;
