@@ -194,6 +194,18 @@ impl Server {
         res["keys"].as_array().unwrap().clone()
     }
 
+    /// The `/metrics` text.
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.process.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Signs one token per algorithm.
     async fn sign_all(&self) -> Vec<String> {
         let mut tokens = Vec::new();
@@ -289,15 +301,7 @@ async fn lifecycle_on(backend: Backend) {
         );
     }
     token_matches_database(&hsm, &db, "after hsm check").await;
-    let metrics = server
-        .http
-        .get(format!("{}/metrics", server.process.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(&format!("signet_hsm_errors_total{{token=\"{LABEL}\"}} 0")),
         "{metrics}"
@@ -891,15 +895,7 @@ async fn hsm_a_token_gone_answers_503_readiness_says_why_and_it_comes_back() {
     assert_eq!(verified, vec![(true, true)]);
     let (status, report) = ready(&server).await;
     assert_eq!(status, 200, "{report}");
-    let metrics = server
-        .http
-        .get(format!("{}/metrics", server.process.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let reconnects: u64 = metrics
         .lines()
         .find_map(|l| {

@@ -730,29 +730,26 @@ impl Token {
     /// is this one's too). Whether the token can be used again.
     fn repair(&self, repair: Repair, seen: u64) -> bool {
         let reconnects = matches!(repair, Repair::Module | Repair::Missing);
-        let paused = |link: &Link| {
-            reconnects
+        // The answer without repairing, when there is one: another caller repaired since
+        // `seen`, the reconnection pause is running, or the PIN was refused.
+        let settled = |link: &Link| {
+            if link.generation != seen {
+                return Some(link.slot.is_some() && self.pin_refusal().is_none());
+            }
+            let paused = reconnects
                 && link
                     .last_reconnect
-                    .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE)
+                    .is_some_and(|at| at.elapsed() < RECONNECT_PAUSE);
+            (paused || self.pin_refusal().is_some()).then_some(false)
         };
-        // Most callers that come here find the work done or the pause running: they need
-        // not stall the signers by taking the link for writing.
-        {
-            let link = self.link();
-            if link.generation != seen {
-                return link.slot.is_some() && self.pin_refusal().is_none();
-            }
-            if paused(&link) || self.pin_refusal().is_some() {
-                return false;
-            }
+        // Most callers that come here find it settled: they need not stall the signers by
+        // taking the link for writing.
+        if let Some(answer) = settled(&self.link()) {
+            return answer;
         }
         let mut link = self.link.write().unwrap_or_else(|p| p.into_inner());
-        if link.generation != seen {
-            return link.slot.is_some() && self.pin_refusal().is_none();
-        }
-        if paused(&link) || self.pin_refusal().is_some() {
-            return false;
+        if let Some(answer) = settled(&link) {
+            return answer;
         }
         if repair == Repair::Missing && link.empty_at == Some(link.generation) {
             return false;

@@ -4,6 +4,7 @@
 //! count what this process did (Prometheus sums them across instances).
 
 use crate::domain::{Algorithm, KeyState};
+use crate::server::crypto::pkcs11::Token;
 use crate::server::keys::KeyService;
 use crate::server::state::AppState;
 use axum::Router;
@@ -13,6 +14,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use std::fmt::Write as _;
+
+/// A PKCS#11 token metric: name, type, help, and how to read it off the token.
+type HsmMetric = (&'static str, &'static str, &'static str, fn(&Token) -> u64);
 
 /// How much later than one schedule period an active key may be before it counts as
 /// overdue: a slow instance start or a brief outage is not an alarm.
@@ -75,34 +79,34 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     for (alg, ready) in keys.pool_ready() {
         let _ = writeln!(out, "signet_key_pool_ready{{alg=\"{alg}\"}} {ready}");
     }
-    out.push_str("# HELP signet_hsm_errors_total Operations the PKCS#11 module refused (with a token configured).\n");
-    out.push_str("# TYPE signet_hsm_errors_total counter\n");
+    // Each with a sample only when a token is configured.
     let token = keys.token();
     let label = token.map(|t| t.label().replace(['\\', '"', '\n'], "_"));
-    if let (Some(token), Some(label)) = (token, &label) {
-        let _ = writeln!(
-            out,
-            "signet_hsm_errors_total{{token=\"{label}\"}} {}",
-            token.errors()
-        );
-    }
-    out.push_str("# HELP signet_hsm_sessions_open PKCS#11 sessions open (at most one per core).\n");
-    out.push_str("# TYPE signet_hsm_sessions_open gauge\n");
-    if let (Some(token), Some(label)) = (token, &label) {
-        let _ = writeln!(
-            out,
-            "signet_hsm_sessions_open{{token=\"{label}\"}} {}",
-            token.sessions_open()
-        );
-    }
-    out.push_str("# HELP signet_hsm_reconnects_total Times the PKCS#11 module was initialised again and found the token.\n");
-    out.push_str("# TYPE signet_hsm_reconnects_total counter\n");
-    if let (Some(token), Some(label)) = (token, &label) {
-        let _ = writeln!(
-            out,
-            "signet_hsm_reconnects_total{{token=\"{label}\"}} {}",
-            token.reconnects()
-        );
+    let hsm_metrics: [HsmMetric; 3] = [
+        (
+            "signet_hsm_errors_total",
+            "counter",
+            "Operations the PKCS#11 module refused (with a token configured).",
+            Token::errors,
+        ),
+        (
+            "signet_hsm_sessions_open",
+            "gauge",
+            "PKCS#11 sessions open (at most one per core).",
+            |t| t.sessions_open() as u64,
+        ),
+        (
+            "signet_hsm_reconnects_total",
+            "counter",
+            "Times the PKCS#11 module was initialised again and found the token.",
+            Token::reconnects,
+        ),
+    ];
+    for (name, kind, help, value) in hsm_metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        if let (Some(token), Some(label)) = (token, &label) {
+            let _ = writeln!(out, "{name}{{token=\"{label}\"}} {}", value(token));
+        }
     }
     out.push_str("# HELP signet_rotation_overdue 1 when an active key is older than the schedule's period plus a margin.\n");
     out.push_str("# TYPE signet_rotation_overdue gauge\n");
