@@ -471,18 +471,13 @@ async fn reencrypt(config: Config) -> anyhow::Result<()> {
 async fn audit_verify(config: Config) -> anyhow::Result<()> {
     // Only reads: creates neither the database nor a key-encryption key (a new one could
     // not authenticate a single event, and would be taken for the real one later).
-    let keyring = match &config.kek {
-        crate::server::config::KekSource::Configured(ring) => ring.clone(),
-        crate::server::config::KekSource::DataDir(path) => {
-            crate::server::crypto::kek::read_key_file(path).map_err(|e| {
-                anyhow::anyhow!(
-                    "key-encryption key: {e}: the audit log is authenticated with the KEK \
-                     that sealed its keys (set enc_keys, or point data_dir at the directory \
-                     that holds signet.kek)"
-                )
-            })?
-        }
-    };
+    let keyring = start::read_keyring(&config).map_err(|e| {
+        anyhow::anyhow!(
+            "key-encryption key: {e}: the audit log is authenticated with the KEK that \
+             sealed its keys (set enc_keys, or point data_dir at the directory that holds \
+             signet.kek)"
+        )
+    })?;
     let storage = start::open_existing_storage(&config, ServeOptions::default()).await?;
     let log = storage.audit_log().await?;
     storage.close().await;

@@ -267,6 +267,15 @@ pub async fn open_storage(
     Ok(storage)
 }
 
+/// The configured key-encryption keys, or the embedded default's key file if it exists:
+/// for commands that only read, which must never create one.
+pub fn read_keyring(config: &Config) -> Result<Keyring, KekError> {
+    match &config.kek {
+        KekSource::Configured(ring) => Ok(ring.clone()),
+        KekSource::DataDir(path) => kek::read_key_file(path),
+    }
+}
+
 fn load_keyring(config: &Config) -> Result<Keyring, KekError> {
     match &config.kek {
         KekSource::Configured(ring) => Ok(ring.clone()),
